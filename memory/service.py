@@ -1,0 +1,116 @@
+"""`MemoryService`: one object holding the pool, the official store and saver, and the backends."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+from deepagents.backends import CompositeBackend, StateBackend
+from deepagents.backends.protocol import BackendProtocol
+from langgraph.checkpoint.postgres import PostgresSaver
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
+
+from memory import usage
+from memory.backend import TenantMemoryBackend
+from memory.db import aopen_pool, connection, open_pool
+from memory.embedded import EmbeddedPostgres
+from memory.prompt import with_memory_conventions
+from memory.settings import MemorySettings
+from memory.tenancy import TenantResolver
+
+MEMORY_ROUTE = "/memories/"
+
+
+def _settings(settings: MemorySettings | None, overrides: dict[str, Any]) -> MemorySettings:
+    if settings is None:
+        return MemorySettings.load(**overrides)
+    if overrides:
+        return MemorySettings.load(**{**settings.model_dump(), **overrides})
+    return settings
+
+
+def _database_url(settings: MemorySettings) -> tuple[str, EmbeddedPostgres | None]:
+    """The configured URL, or a started embedded server's when none is configured."""
+    if settings.database_url:
+        return settings.database_url, None
+    server = EmbeddedPostgres(settings.data_dir)
+    return server.start(), server
+
+
+class MemoryService:
+    """Use `MemoryService.open()` (sync) or `MemoryService.aopen()` (async); both are context managers."""
+
+    def __init__(
+        self,
+        settings: MemorySettings,
+        database_url: str,
+        pool: Any,
+        store: PostgresStore | AsyncPostgresStore,
+        checkpointer: PostgresSaver | AsyncPostgresSaver,
+    ) -> None:
+        self.settings = settings
+        self.database_url = database_url
+        self.pool = pool
+        self.store = store
+        self.checkpointer = checkpointer
+        self.resolver = TenantResolver(settings.namespace_scope, settings.namespace_suffix)
+
+    @classmethod
+    @contextmanager
+    def open(cls, settings: MemorySettings | None = None, **overrides: Any) -> Iterator[MemoryService]:
+        """Settings from config/memory.toml and MEMORY_*; `overrides` are settings fields."""
+        settings = _settings(settings, overrides)
+        url, embedded = _database_url(settings)
+        try:
+            with open_pool(url, settings.database_pool_min_size, settings.database_pool_max_size) as pool:
+                yield cls(settings, url, pool, PostgresStore(pool), PostgresSaver(pool))
+        finally:
+            if embedded is not None:
+                embedded.stop()
+
+    @classmethod
+    @asynccontextmanager
+    async def aopen(cls, settings: MemorySettings | None = None, **overrides: Any) -> AsyncIterator[MemoryService]:
+        """Async twin of `open`: `AsyncPostgresStore` and `AsyncPostgresSaver` on an async pool."""
+        settings = _settings(settings, overrides)
+        url, embedded = _database_url(settings)
+        try:
+            pool = await aopen_pool(url, settings.database_pool_min_size, settings.database_pool_max_size)
+            async with pool:
+                yield cls(settings, url, pool, AsyncPostgresStore(pool), AsyncPostgresSaver(pool))
+        finally:
+            if embedded is not None:
+                embedded.stop()
+
+    # -- schema ---------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Create or upgrade every table the service uses."""
+        self.store.setup()
+        self.checkpointer.setup()
+
+    async def asetup(self) -> None:
+        await self.store.setup()
+        await self.checkpointer.setup()
+
+    # -- agent wiring ---------------------------------------------------------------------
+
+    def memory_backend(self) -> TenantMemoryBackend:
+        """The bare tenant backend (keys without the `/memories` prefix)."""
+        return TenantMemoryBackend(store=self.store, resolver=self.resolver)
+
+    def backend(self, default: BackendProtocol | None = None) -> CompositeBackend:
+        """`default` (a `StateBackend` when None) with `/memories/` routed to the tenant backend."""
+        return CompositeBackend(default=default or StateBackend(), routes={MEMORY_ROUTE: self.memory_backend()})
+
+    def system_prompt(self, base: str | None = None) -> str:
+        return with_memory_conventions(base, self.settings.prompt_conventions or None)
+
+    # -- inventory ------------------------------------------------------------------------
+
+    def memory_usage(self) -> list[usage.TenantUsage]:
+        """Files and bytes of memory per tenant."""
+        with connection(self.pool) as conn:
+            return usage.memory_usage(conn, self.settings.namespace_suffix)

@@ -1,0 +1,97 @@
+"""Tenants: validating ids, resolving them from a run, and building their namespaces (here only)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from langchain_core.runnables.config import var_child_runnable_config
+
+from memory.errors import InvalidTenantId, TenantNotResolved
+
+MAX_TENANT_ID_LENGTH = 128
+TENANT_ID_ALPHABET = "letters, digits and - _ @ + : ~"
+_TENANT_ID_RE = re.compile(r"[A-Za-z0-9\-_@+:~]+")
+MEMORY_SUFFIX = "memories"
+
+
+def validate_tenant_id(value: object, key: str = "assistant_id") -> str:
+    """Return `value` when it is a safe namespace label, else raise `InvalidTenantId` saying why."""
+    if not isinstance(value, str):
+        raise InvalidTenantId(f"{key} must be a string, got {type(value).__name__}")
+    if not value:
+        raise InvalidTenantId(f"{key} must not be empty")
+    if len(value) > MAX_TENANT_ID_LENGTH:
+        raise InvalidTenantId(f"{key} is {len(value)} characters long; the limit is {MAX_TENANT_ID_LENGTH}")
+    if not _TENANT_ID_RE.fullmatch(value):
+        bad = next(ch for ch in value if not _TENANT_ID_RE.fullmatch(ch))
+        raise InvalidTenantId(f"{key} {value!r} contains {bad!r}; use only {TENANT_ID_ALPHABET}")
+    return value
+
+
+def tenant_namespace(
+    tenant_id: str, extra_scope: Sequence[str] = (), suffix: str = MEMORY_SUFFIX
+) -> tuple[str, ...]:
+    """The one place a memory namespace is built: `(<tenant>, *<extra scope values>, "memories")`."""
+    labels = [validate_tenant_id(tenant_id)]
+    labels += [validate_tenant_id(value, "scope value") for value in extra_scope]
+    return (*labels, suffix)
+
+
+def _lookup(source: Any, key: str) -> Any:
+    if source is None:
+        return None
+    if isinstance(source, Mapping):
+        return source.get(key)
+    return getattr(source, key, None)
+
+
+def resolve_scope_value(key: str, config: Mapping[str, Any] | None, context: Any = None) -> str:
+    """Find `key` in metadata, then configurable, then the runtime context; fail closed."""
+    config = config or {}
+    for source in (config.get("metadata"), config.get("configurable"), context):
+        value = _lookup(source, key)
+        if value is not None:
+            return validate_tenant_id(value, key)
+    raise TenantNotResolved(
+        f'no {key} for this run: pass config={{"metadata": {{"{key}": ...}}}} '
+        f'(or configurable/context); nothing was read or written'
+    )
+
+
+class TenantResolver:
+    """Turns the current run into the namespace of its tenant's memory."""
+
+    def __init__(self, scope: Sequence[str] = ("assistant_id",), suffix: str = MEMORY_SUFFIX) -> None:
+        if not scope or scope[0] != "assistant_id":
+            raise ValueError('scope must start with "assistant_id"')
+        self.scope = tuple(scope)
+        self.suffix = suffix
+
+    def namespace_for(self, config: Mapping[str, Any] | None, context: Any = None) -> tuple[str, ...]:
+        values = [resolve_scope_value(key, config, context) for key in self.scope]
+        return tenant_namespace(values[0], values[1:], self.suffix)
+
+    def tenant_prefix(self, tenant_id: str) -> tuple[str, ...]:
+        """The namespace prefix holding every scope of one tenant (for tenant-wide tooling)."""
+        return (validate_tenant_id(tenant_id),)
+
+    def current_namespace(self, runtime: Any = None) -> tuple[str, ...]:
+        """Resolve from the active LangGraph run (or a `bind_tenant` block)."""
+        config = var_child_runnable_config.get()
+        context = getattr(runtime, "context", None)
+        return self.namespace_for(config, context)
+
+
+@contextmanager
+def bind_tenant(assistant_id: str, **extra_scope: str) -> Iterator[None]:
+    """Run backend calls outside an agent as one tenant (scripts, CLI tooling, tests)."""
+    metadata = {"assistant_id": validate_tenant_id(assistant_id)}
+    metadata.update({key: validate_tenant_id(value, key) for key, value in extra_scope.items()})
+    token = var_child_runnable_config.set({"metadata": metadata, "configurable": {}})
+    try:
+        yield
+    finally:
+        var_child_runnable_config.reset(token)
