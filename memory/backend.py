@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
 import time
 from contextlib import nullcontext
@@ -11,14 +12,27 @@ from typing import Any
 import psycopg
 
 from deepagents.backends import StoreBackend
-from deepagents.backends.protocol import EditResult
-from deepagents.backends.utils import file_data_to_string, perform_string_replacement, update_file_data
+from deepagents.backends.protocol import (
+    EditResult,
+    FileUploadResponse,
+    GlobResult,
+    GrepResult,
+    LsResult,
+    WriteResult,
+)
+from deepagents.backends.utils import (
+    create_file_data,
+    file_data_to_string,
+    perform_string_replacement,
+    update_file_data,
+)
 from langgraph.store.base import Item
 from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
 from psycopg.types.json import Jsonb
 
-from memory import sql
+from memory import pushdown, sql
 from memory.db import aconnection, connection
+from memory.retention import RetentionPolicy
 from memory.tenancy import TenantResolver
 
 MAX_EDIT_ATTEMPTS = 50
@@ -47,6 +61,7 @@ class TenantMemoryBackend(StoreBackend):
         *,
         store: PostgresStore | AsyncPostgresStore,
         resolver: TenantResolver | None = None,
+        policy: RetentionPolicy | None = None,
     ) -> None:
         if not isinstance(store, (PostgresStore, AsyncPostgresStore)):
             raise TypeError(
@@ -54,7 +69,53 @@ class TenantMemoryBackend(StoreBackend):
                 f"(got {type(store).__name__}); open one with MemoryService.open()"
             )
         self.resolver = resolver or TenantResolver()
+        self.policy = policy or RetentionPolicy()
         super().__init__(namespace=self.resolver.current_namespace, store=store)
+
+    # -- writes with the TTL the retention policy gives -----------------------------------
+
+    def _ttl(self, namespace: tuple[str, ...], key: str) -> float | None:
+        """Minutes the item lives after this write (None: forever), per the retention policy."""
+        return self.policy.ttl_minutes_for(namespace, key)
+
+    def _written_value(self, existing: Item | None, content: str) -> dict[str, Any]:
+        if existing is not None:
+            file_data = update_file_data(self._convert_store_item_to_file_data(existing), content)
+        else:
+            file_data = create_file_data(content)
+        file_data["encoding"] = "utf-8"
+        return self._convert_file_data_to_store_value(file_data)
+
+    def write(self, file_path: str, content: str) -> WriteResult:
+        """`StoreBackend.write`, putting the item with its policy TTL."""
+        store = self._get_store()
+        namespace = self._get_namespace()
+        value = self._written_value(store.get(namespace, file_path), content)
+        store.put(namespace, file_path, value, ttl=self._ttl(namespace, file_path))
+        return WriteResult(path=file_path)
+
+    async def awrite(self, file_path: str, content: str) -> WriteResult:
+        """Async twin of `write`."""
+        store = self._get_store()
+        namespace = self._get_namespace()
+        value = self._written_value(await store.aget(namespace, file_path), content)
+        await store.aput(namespace, file_path, value, ttl=self._ttl(namespace, file_path))
+        return WriteResult(path=file_path)
+
+    def upload_files(self, files: list[tuple[str, bytes]]) -> list[FileUploadResponse]:
+        """`StoreBackend.upload_files` (binary as base64), each item with its policy TTL."""
+        store = self._get_store()
+        namespace = self._get_namespace()
+        responses: list[FileUploadResponse] = []
+        for path, content in files:
+            try:
+                text, encoding = content.decode("utf-8"), "utf-8"
+            except UnicodeDecodeError:
+                text, encoding = base64.standard_b64encode(content).decode("ascii"), "base64"
+            value = self._convert_file_data_to_store_value(create_file_data(text, encoding=encoding))
+            store.put(namespace, path, value, ttl=self._ttl(namespace, path))
+            responses.append(FileUploadResponse(path=path, error=None))
+        return responses
 
     # -- compare-and-swap ---------------------------------------------------------------
 
@@ -64,6 +125,7 @@ class TenantMemoryBackend(StoreBackend):
             "key": key,
             "old_value": Jsonb(old),
             "new_value": Jsonb(new),
+            "ttl_minutes": self._ttl(namespace, key),
         }
 
     def _swap(self, namespace: tuple[str, ...], key: str, old: dict, new: dict) -> bool:
@@ -139,3 +201,67 @@ class TenantMemoryBackend(StoreBackend):
         if isinstance(self._get_store(), AsyncPostgresStore):
             return await self._aswap(namespace, key, old, new)
         return await asyncio.to_thread(self._swap, namespace, key, old, new)
+
+    # -- push-down listing: ls / glob / grep run inside PostgreSQL -------------------------
+
+    def _list(self, listing: pushdown.Listing) -> Any:
+        store = self._get_store()
+        if isinstance(store, AsyncPostgresStore):
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is store.loop:
+                raise asyncio.InvalidStateError(
+                    "synchronous ls/glob/grep on an AsyncPostgresStore from its own event loop would "
+                    "deadlock; use await backend.als/aglob/agrep instead"
+                )
+            return asyncio.run_coroutine_threadsafe(pushdown.astream(store, listing), store.loop).result()
+        return pushdown.stream(store, listing)
+
+    async def _alist(self, listing: pushdown.Listing) -> Any:
+        store = self._get_store()
+        if isinstance(store, AsyncPostgresStore):
+            return await pushdown.astream(store, listing)
+        return await asyncio.to_thread(pushdown.stream, store, listing)
+
+    def _ls_listing(self, path: str) -> pushdown.LsListing:
+        return pushdown.LsListing(self._get_namespace(), path, self._convert_store_item_to_file_data)
+
+    def _glob_listing(self, pattern: str, path: str | None) -> pushdown.GlobListing:
+        return pushdown.GlobListing(self._get_namespace(), pattern, path, self._convert_store_item_to_file_data)
+
+    def _grep_listing(
+        self, pattern: str, path: str | None, glob: str | None, max_count: int | None
+    ) -> pushdown.GrepListing:
+        return pushdown.GrepListing(
+            self._get_namespace(), pattern, path, glob, max_count, self._convert_store_item_to_file_data
+        )
+
+    def ls(self, path: str) -> LsResult:
+        """`StoreBackend.ls`, with the prefix scan and the subdirectory names computed in SQL."""
+        return self._list(self._ls_listing(path))
+
+    async def als(self, path: str) -> LsResult:
+        """Async twin of `ls`."""
+        return await self._alist(self._ls_listing(path))
+
+    def glob(self, pattern: str, path: str | None = None) -> GlobResult:
+        """`StoreBackend.glob` on only the rows whose key can match `pattern` under `path`."""
+        return self._list(self._glob_listing(pattern, path))
+
+    async def aglob(self, pattern: str, path: str | None = None) -> GlobResult:
+        """Async twin of `glob`."""
+        return await self._alist(self._glob_listing(pattern, path))
+
+    def grep(
+        self, pattern: str, path: str | None = None, glob: str | None = None, *, max_count: int | None = None
+    ) -> GrepResult:
+        """`StoreBackend.grep` on only the rows whose text content holds `pattern` (a literal)."""
+        return self._list(self._grep_listing(pattern, path, glob, max_count))
+
+    async def agrep(
+        self, pattern: str, path: str | None = None, glob: str | None = None, *, max_count: int | None = None
+    ) -> GrepResult:
+        """Async twin of `grep`."""
+        return await self._alist(self._grep_listing(pattern, path, glob, max_count))

@@ -21,6 +21,8 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Schema: create and upgrade the service's tables.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+jobs_app = typer.Typer(help="Retention jobs: run one now, see past runs.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -95,15 +97,226 @@ def demo(
         raise typer.Exit(1)
 
 
+def _quiet_alembic() -> None:
+    """Alembic logs each step at INFO; the db commands print one line instead."""
+    import logging
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def _print_state(state, line: str, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(state.as_dict()))
+    else:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 @db_app.command("upgrade")
-def db_upgrade() -> None:
-    """Create or upgrade every table (LangGraph's store and checkpoint tables included)."""
+def db_upgrade(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the revisions as JSON.")] = False,
+) -> None:
+    """Create or upgrade every table to head: ours (alembic) and LangGraph's store and checkpoint tables."""
+    from memory.db import describe_url
+
+    _quiet_alembic()
     try:
         with _open_service() as svc:
-            svc.setup()
+            state = svc.setup()
+            where = describe_url(svc.database_url)
     except MemoryServiceError as exc:
         fail(exc)
-    console.print("schema is up to date")
+    if state.changed:
+        line = f"upgraded {where} from {state.before_label()} to {state.label()}"
+    else:
+        line = f"{where} is at {state.label()}; nothing to upgrade"
+    _print_state(state, line, as_json)
+
+
+@db_app.command("current")
+def db_current(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the revision as JSON.")] = False,
+) -> None:
+    """Print the database's schema revision, with `(head)` when it is up to date."""
+    from memory import migrations
+
+    _quiet_alembic()
+    try:
+        with _open_service() as svc:
+            state = migrations.current(
+                svc.database_url,
+                schema=svc.settings.database_schema,
+                prepare_threshold=svc.settings.database_prepare_threshold,
+            )
+    except MemoryServiceError as exc:
+        fail(exc)
+    line = state.label() if state.at_head else f"{state.label()} (head is {state.head}; run `memory db upgrade`)"
+    _print_state(state, line, as_json)
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: Annotated[str, typer.Argument(help='Target revision: an id, "-1", or "base" (drops our tables; LangGraph\'s stay).')],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the revisions as JSON.")] = False,
+) -> None:
+    """Step the schema back to REVISION. Agent data in LangGraph's tables is never dropped."""
+    from memory import migrations
+    from memory.db import describe_url
+
+    _quiet_alembic()
+    try:
+        with _open_service() as svc:
+            state = migrations.downgrade(
+                svc.database_url,
+                revision,
+                schema=svc.settings.database_schema,
+                prepare_threshold=svc.settings.database_prepare_threshold,
+            )
+            where = describe_url(svc.database_url)
+    except MemoryServiceError as exc:
+        fail(exc)
+    if state.changed:
+        line = f"downgraded {where} from {state.before_label()} to {state.label()}"
+    else:
+        line = f"{where} is already at {state.label()}; nothing to downgrade"
+    _print_state(state, line, as_json)
+
+
+# -- jobs and serve ---------------------------------------------------------------------------
+
+JOB_NAMES = ("ttl-cleanup",)
+"""Jobs `memory jobs run` knows (CLI spelling; recorded in memory_job_runs as ttl_cleanup)."""
+
+
+def _job_name(name: str) -> str:
+    if name not in JOB_NAMES:
+        raise typer.BadParameter(f"unknown job {name!r}; known jobs: {', '.join(JOB_NAMES)}")
+    return name.replace("-", "_")
+
+
+def _print_report(report, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return
+    counts = report.counts
+    verb = "would delete" if report.dry_run else "deleted"
+    if report.tenant_counts:
+        table = Table(title=f"{report.job}{' (dry run)' if report.dry_run else ''}: {verb} per tenant")
+        for column in ("tenant", "items", "vectors"):
+            table.add_column(column)
+        for tenant, per in sorted(report.tenant_counts.items()):
+            table.add_row(tenant, str(per.get("items", 0)), str(per.get("vectors", 0)))
+        console.print(table)
+    status = "[green]succeeded[/]" if report.status == "succeeded" else f"[red]{report.status}[/]"
+    console.print(
+        f"{report.job} run {report.run_id} {status}: {verb} {counts.get('items', 0)} items "
+        f"({counts.get('by_expiry', 0)} expired, {counts.get('by_policy', 0)} past their policy TTL) "
+        f"and {counts.get('vectors', 0)} vectors in {counts.get('batches', 0)} batches, {report.duration_s or 0:.2f}s"
+    )
+    if report.error:
+        err_console.print(f"error: {report.error}", markup=False, highlight=False, soft_wrap=True)
+
+
+@jobs_app.command("run")
+def jobs_run(
+    job: Annotated[str, typer.Argument(help=f"The job: {', '.join(JOB_NAMES)}.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Delete nothing; report what a real run would delete.")] = False,
+    tenant: Annotated[Optional[str], typer.Option("--tenant", help="Only this tenant's memory.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
+) -> None:
+    """Run a job now (once, under the same lock as the scheduler) and record it in memory_job_runs."""
+    from jobs.scheduler import job_runners
+    from memory.db import connection
+
+    name = _job_name(job)
+    progress = None
+    try:
+        with _open_service() as svc:
+            runner = job_runners(svc.settings)[name]
+            show = console.is_terminal and not as_json
+            with connection(svc.pool) as conn:
+                if show:
+                    progress = console.status(f"{name}: starting")
+                    progress.start()
+                report = runner(
+                    conn,
+                    dry_run=dry_run,
+                    tenant=tenant,
+                    on_batch=(lambda r: progress.update(f"{name}: {r.counts.get('items', 0)} items in {r.counts.get('batches', 0)} batches")) if show else None,
+                )
+    except (MemoryServiceError, ValueError) as exc:
+        if progress is not None:
+            progress.stop()
+        fail(exc)
+    if progress is not None:
+        progress.stop()
+    _print_report(report, as_json)
+    if report.status != "succeeded":
+        raise typer.Exit(1)
+
+
+@jobs_app.command("history")
+def jobs_history(
+    limit: Annotated[int, typer.Option("--limit", min=1, help="How many runs, newest first.")] = 20,
+    job: Annotated[Optional[str], typer.Option("--job", help=f"Only this job: {', '.join(JOB_NAMES)}.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
+) -> None:
+    """Past job runs from memory_job_runs (every replica's), newest first."""
+    import psycopg
+
+    from jobs import runs
+    from memory.db import connection
+
+    name = _job_name(job) if job else None
+    try:
+        with _open_service() as svc, connection(svc.pool) as conn:
+            reports = runs.history(conn, limit, name)
+    except psycopg.errors.UndefinedTable:
+        fail(MemoryServiceError("memory_job_runs does not exist; run `memory db upgrade` first"))
+    except MemoryServiceError as exc:
+        fail(exc)
+    if as_json:
+        print(json.dumps([r.to_dict() for r in reports], indent=2))
+        return
+    table = Table(title="Job runs")
+    for column in ("id", "job", "started (UTC)", "duration", "status", "dry run", "items", "vectors", "host", "error"):
+        table.add_column(column)
+    for r in reports:
+        table.add_row(
+            str(r.run_id), r.job, r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+            f"{r.duration_s:.2f}s" if r.duration_s is not None else "-", r.status, "yes" if r.dry_run else "",
+            str(r.counts.get("items", 0)), str(r.counts.get("vectors", 0)), r.host, r.error or "",
+        )
+    console.print(table)
+
+
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on (default [serve] host).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port for /health /ready /metrics (default [serve] port; 0 picks one).")] = None,
+) -> None:
+    """Run the scheduled jobs ([schedule]) and serve /health, /ready, /metrics until SIGTERM."""
+    import logging
+
+    from memory.serve import serve as run_serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+    def announce(url: str, jobs) -> None:
+        scheduled = ", ".join(f"{job.name} ({job.schedule})" for job in jobs) or "none"
+        print(f"serving {url}/health /ready /metrics; jobs: {scheduled}", flush=True)
+
+    try:
+        with _open_service() as svc:
+            run_serve(
+                svc,
+                host=host if host is not None else svc.settings.serve_host,
+                port=port if port is not None else svc.settings.serve_port,
+                on_ready=announce,
+            )
+    except MemoryServiceError as exc:
+        fail(exc)
+    print("stopped", flush=True)
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m memory`

@@ -54,16 +54,25 @@ def check_reachable(url: str) -> None:
         raise unavailable(url, exc) from exc
 
 
-def open_pool(url: str, min_size: int = 1, max_size: int = 20) -> ConnectionPool:
+def pool_kwargs(prepare_threshold: int | None = 0) -> dict[str, Any]:
+    """CONNECTION_KWARGS with `[database] prepare_threshold` (None: no prepared statements, for PgBouncer)."""
+    return {**CONNECTION_KWARGS, "prepare_threshold": prepare_threshold}
+
+
+def open_pool(url: str, min_size: int = 1, max_size: int = 20, *, prepare_threshold: int | None = 0) -> ConnectionPool:
     check_reachable(url)
-    pool = ConnectionPool(url, min_size=min_size, max_size=max_size, kwargs=dict(CONNECTION_KWARGS), open=False)
+    pool = ConnectionPool(url, min_size=min_size, max_size=max_size, kwargs=pool_kwargs(prepare_threshold), open=False)
     pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
     return pool
 
 
-async def aopen_pool(url: str, min_size: int = 1, max_size: int = 20) -> AsyncConnectionPool:
+async def aopen_pool(
+    url: str, min_size: int = 1, max_size: int = 20, *, prepare_threshold: int | None = 0
+) -> AsyncConnectionPool:
     check_reachable(url)
-    pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, kwargs=dict(CONNECTION_KWARGS), open=False)
+    pool = AsyncConnectionPool(
+        url, min_size=min_size, max_size=max_size, kwargs=pool_kwargs(prepare_threshold), open=False
+    )
     await pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
     return pool
 

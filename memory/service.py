@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -12,13 +13,14 @@ from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
 
-from memory import usage
+from memory import migrations, usage
 from memory.backend import TenantMemoryBackend
 from memory.db import aopen_pool, connection, open_pool
 from memory.embedded import EmbeddedPostgres
 from memory.prompt import with_memory_conventions
 from memory.settings import MemorySettings
 from memory.tenancy import TenantResolver
+from memory.vectors import index_config
 
 MEMORY_ROUTE = "/memories/"
 
@@ -32,11 +34,21 @@ def _settings(settings: MemorySettings | None, overrides: dict[str, Any]) -> Mem
 
 
 def _database_url(settings: MemorySettings) -> tuple[str, EmbeddedPostgres | None]:
-    """The configured URL, or a started embedded server's when none is configured."""
+    """The configured URL (or a started embedded server's), its search_path set to `[database] schema`."""
     if settings.database_url:
-        return settings.database_url, None
+        return migrations.schema_url(settings.database_url, settings.database_schema), None
     server = EmbeddedPostgres(settings.data_dir)
-    return server.start(), server
+    return migrations.schema_url(server.start(), settings.database_schema), server
+
+
+def _ttl(settings: MemorySettings) -> dict[str, Any]:
+    """The store's TTL config from `[retention]`: expired rows never read, never revived by a read."""
+    return settings.retention_policy().store_ttl_config()
+
+
+def _index(settings: MemorySettings):
+    """The store's vector index config from `[index]`, None when `dims = 0`."""
+    return index_config(settings.index_dims, settings.index_embed, settings.index_fields)
 
 
 class MemoryService:
@@ -56,6 +68,7 @@ class MemoryService:
         self.store = store
         self.checkpointer = checkpointer
         self.resolver = TenantResolver(settings.namespace_scope, settings.namespace_suffix)
+        self.policy = settings.retention_policy()
 
     @classmethod
     @contextmanager
@@ -64,8 +77,13 @@ class MemoryService:
         settings = _settings(settings, overrides)
         url, embedded = _database_url(settings)
         try:
-            with open_pool(url, settings.database_pool_min_size, settings.database_pool_max_size) as pool:
-                yield cls(settings, url, pool, PostgresStore(pool), PostgresSaver(pool))
+            with open_pool(
+                url,
+                settings.database_pool_min_size,
+                settings.database_pool_max_size,
+                prepare_threshold=settings.database_prepare_threshold,
+            ) as pool:
+                yield cls(settings, url, pool, PostgresStore(pool, index=_index(settings), ttl=_ttl(settings)), PostgresSaver(pool))
         finally:
             if embedded is not None:
                 embedded.stop()
@@ -77,29 +95,38 @@ class MemoryService:
         settings = _settings(settings, overrides)
         url, embedded = _database_url(settings)
         try:
-            pool = await aopen_pool(url, settings.database_pool_min_size, settings.database_pool_max_size)
+            pool = await aopen_pool(
+                url,
+                settings.database_pool_min_size,
+                settings.database_pool_max_size,
+                prepare_threshold=settings.database_prepare_threshold,
+            )
             async with pool:
-                yield cls(settings, url, pool, AsyncPostgresStore(pool), AsyncPostgresSaver(pool))
+                yield cls(settings, url, pool, AsyncPostgresStore(pool, index=_index(settings), ttl=_ttl(settings)), AsyncPostgresSaver(pool))
         finally:
             if embedded is not None:
                 embedded.stop()
 
     # -- schema ---------------------------------------------------------------------------
 
-    def setup(self) -> None:
-        """Create or upgrade every table the service uses."""
-        self.store.setup()
-        self.checkpointer.setup()
+    def setup(self) -> migrations.SchemaState:
+        """Upgrade the schema to head: our tables (alembic), LangGraph's (their setup()), indexes."""
+        return migrations.upgrade(
+            self.database_url,
+            schema=self.settings.database_schema,
+            index=self.store.index_config,
+            prepare_threshold=self.settings.database_prepare_threshold,
+        )
 
-    async def asetup(self) -> None:
-        await self.store.setup()
-        await self.checkpointer.setup()
+    async def asetup(self) -> migrations.SchemaState:
+        """`setup()` in a worker thread (alembic is synchronous)."""
+        return await asyncio.to_thread(self.setup)
 
     # -- agent wiring ---------------------------------------------------------------------
 
     def memory_backend(self) -> TenantMemoryBackend:
         """The bare tenant backend (keys without the `/memories` prefix)."""
-        return TenantMemoryBackend(store=self.store, resolver=self.resolver)
+        return TenantMemoryBackend(store=self.store, resolver=self.resolver, policy=self.policy)
 
     def backend(self, default: BackendProtocol | None = None) -> CompositeBackend:
         """`default` (a `StateBackend` when None) with `/memories/` routed to the tenant backend."""

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import platformdirs
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from memory.errors import ConfigError
+from memory.retention import RetentionPolicy, Rule
 
 DEFAULT_CONFIG_PATH = Path("config") / "memory.toml"
 """Read from the working directory when present (the repository's defaults)."""
 
-SECTIONS = ("database", "namespace", "prompt", "retention", "checkpoints", "schedule", "backup")
+SECTIONS = ("database", "namespace", "prompt", "retention", "checkpoints", "schedule", "backup", "index", "serve")
 """TOML tables whose keys become `<table>_<key>` settings fields."""
+
+
+SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+"""`[database] schema`: kept to plain identifiers, so it needs no quoting in search_path."""
 
 
 class RetentionRule(BaseModel):
@@ -42,6 +48,8 @@ class MemorySettings(BaseSettings):
     )
     database_pool_min_size: int = Field(1, ge=0)
     database_pool_max_size: int = Field(20, ge=1)
+    database_schema: str = "public"
+    database_prepare_threshold: int | None = Field(0, ge=0)
     data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("deepagents-memory")))
 
     namespace_scope: list[str] = ["assistant_id"]
@@ -51,6 +59,9 @@ class MemorySettings(BaseSettings):
 
     retention_default_ttl_days: float = Field(0, ge=0)
     retention_rules: list[RetentionRule] = []
+    retention_legal_hold: list[str] = []
+    retention_refresh_on_read: bool = True
+    retention_batch_size: int = Field(2000, ge=1, le=100_000)
 
     checkpoints_delete_threads_idle_days: float = Field(30, ge=0)
     checkpoints_keep_latest: int = Field(20, ge=1)
@@ -62,12 +73,62 @@ class MemorySettings(BaseSettings):
     backup_dir: Path = Path("backups")
     backup_keep: int = Field(14, ge=1)
 
+    serve_host: str = "127.0.0.1"
+    serve_port: int = Field(9464, ge=0, le=65535)
+
+    index_dims: int = Field(0, ge=0)
+    index_embed: str = ""
+    index_fields: list[str] = ["content"]
+
     @field_validator("namespace_scope")
     @classmethod
     def _scope_starts_with_assistant(cls, scope: list[str]) -> list[str]:
         if not scope or scope[0] != "assistant_id" or len(set(scope)) != len(scope):
             raise ValueError('must start with "assistant_id" and name each key once, e.g. ["assistant_id", "user_id"]')
         return scope
+
+    @field_validator("database_schema")
+    @classmethod
+    def _plain_schema_name(cls, schema: str) -> str:
+        if not SCHEMA_NAME.fullmatch(schema) or schema.startswith("pg_"):
+            raise ValueError('must be a plain lowercase identifier such as "memory" (letters, digits, _)')
+        return schema
+
+    @field_validator("database_prepare_threshold", mode="before")
+    @classmethod
+    def _none_disables_prepare(cls, value: Any) -> Any:
+        """TOML has no null: "none" (or "off") turns prepared statements off, as PgBouncer needs."""
+        if isinstance(value, str) and value.strip().lower() in ("none", "null", "off", ""):
+            return None
+        return value
+
+    @field_validator("schedule_ttl_cleanup", "schedule_prune_checkpoints", "schedule_backup")
+    @classmethod
+    def _crontab(cls, value: str) -> str:
+        """Five crontab fields (minute hour day month weekday), or empty to disable the job."""
+        if value.strip():
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(value, timezone="UTC")
+            except ValueError as exc:
+                raise ValueError(f'must be 5 crontab fields such as "*/15 * * * *", or "" to disable ({exc})') from None
+        return value
+
+    @model_validator(mode="after")
+    def _valid_retention_policy(self) -> MemorySettings:
+        """Refuse an invalid policy at load (overlapping rules, bad paths or tenants) with one line."""
+        self.retention_policy()
+        return self
+
+    def retention_policy(self) -> RetentionPolicy:
+        """The `[retention]` settings as the immutable policy the backend and the cleanup job take."""
+        return RetentionPolicy.build(
+            default_ttl_days=self.retention_default_ttl_days,
+            rules=[Rule(ttl_days=r.ttl_days, path=r.path, tenant=r.tenant) for r in self.retention_rules],
+            legal_hold=self.retention_legal_hold,
+            refresh_on_read=self.retention_refresh_on_read,
+        )
 
     @field_validator("database_url")
     @classmethod
@@ -158,7 +219,7 @@ def describe_validation_error(exc: ValidationError) -> str:
         label = setting_label(location[0]) if location else "settings"
         detail = ".".join(location[1:])
         if error["type"] == "extra_forbidden":
-            problems.append(f"{label}: unknown setting")
+            problems.append(f"{label} at {detail}: unknown key" if detail else f"{label}: unknown setting")
         else:
             suffix = f" at {detail}" if detail else ""
             problems.append(f"{label}{suffix}: {error['msg']} (got {error.get('input')!r})")

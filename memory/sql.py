@@ -4,16 +4,19 @@ DATABASE_EXISTS = "SELECT 1 FROM pg_database WHERE datname = %(name)s"
 
 SERVER_VERSION = "SELECT current_setting('server_version_num')::int AS version_num"
 
-# Compare-and-swap of one memory item: applies only when the row still holds the value read.
+# Compare-and-swap of one memory item: applies only when the row still holds the value read
+# and has not expired meanwhile (an edit never revives an expired item). `ttl_minutes` is the
+# retention policy's TTL for the item now (NULL: no expiry), as a write would set it.
 SWAP_ITEM_VALUE = """
 UPDATE store
    SET value = %(new_value)s,
        updated_at = now(),
-       expires_at = CASE WHEN ttl_minutes IS NULL THEN expires_at
-                         ELSE now() + make_interval(mins => ttl_minutes) END
+       ttl_minutes = %(ttl_minutes)s::float8,
+       expires_at = now() + make_interval(secs => %(ttl_minutes)s::float8 * 60)
  WHERE prefix = %(prefix)s
    AND key = %(key)s
    AND value = %(old_value)s
+   AND (expires_at IS NULL OR expires_at > now())
 """
 
 # Files and bytes of memory per tenant (first namespace label), over every namespace ending in the suffix.
@@ -26,3 +29,244 @@ SELECT split_part(prefix, '.', 1) AS tenant,
  GROUP BY 1
  ORDER BY 1
 """
+
+# -- push-down listing (memory/pushdown.py) ---------------------------------------------
+# Each query scopes rows exactly as PostgresStore.search does (the namespace and its descendants,
+# LIKE metacharacters escaped), never returns expired rows, and sends rows in search order
+# (updated_at DESC; prefix, key break ties). `scope` is a key prefix: the listed directory.
+# Rows with string content come back without it (`value - 'content'`) plus its UTF-8 size.
+
+# ls: files directly under `scope`, then one row per immediate subdirectory name.
+PUSHDOWN_LS = r"""
+WITH scoped AS (
+    SELECT prefix, key, value, updated_at, substr(key, char_length(%(scope)s) + 1) AS rest
+      FROM store
+     WHERE (prefix = %(namespace)s OR prefix LIKE %(namespace_like)s ESCAPE '\')
+       AND starts_with(key, %(scope)s)
+       AND (expires_at IS NULL OR expires_at > now())
+)
+SELECT key, NULL AS subdir, updated_at, prefix,
+       CASE WHEN jsonb_typeof(value->'content') = 'string' THEN value - 'content' ELSE value END AS value,
+       CASE WHEN jsonb_typeof(value->'content') = 'string'
+            THEN octet_length(convert_to(value->>'content', 'UTF8')) END AS size
+  FROM scoped
+ WHERE strpos(rest, '/') = 0
+UNION ALL
+SELECT DISTINCT NULL, split_part(rest, '/', 1), NULL::timestamptz, NULL, NULL::jsonb, NULL::int
+  FROM scoped
+ WHERE strpos(rest, '/') > 0
+ ORDER BY subdir NULLS FIRST, updated_at DESC, prefix, key
+"""
+
+# glob: the exact key `exact` (a file given as the path), and keys under `scope` ending in
+# `suffix` (or in '/' or '/.', which the matcher normalizes away).
+PUSHDOWN_GLOB = r"""
+SELECT key,
+       CASE WHEN jsonb_typeof(value->'content') = 'string' THEN value - 'content' ELSE value END AS value,
+       CASE WHEN jsonb_typeof(value->'content') = 'string'
+            THEN octet_length(convert_to(value->>'content', 'UTF8')) END AS size
+  FROM store
+ WHERE (prefix = %(namespace)s OR prefix LIKE %(namespace_like)s ESCAPE '\')
+   AND (expires_at IS NULL OR expires_at > now())
+   AND (key = %(exact)s
+        OR (starts_with(key, %(scope)s)
+            AND (right(key, char_length(%(suffix)s)) = %(suffix)s OR right(key, 1) = '/' OR right(key, 2) = '/.')))
+ ORDER BY updated_at DESC, prefix, key
+"""
+
+# grep: as glob, and only rows whose text content holds `pattern` (skipping base64) unless
+# content cannot be judged in SQL (legacy list content, descendant namespaces sharing keys).
+PUSHDOWN_GREP = r"""
+SELECT key, value
+  FROM store
+ WHERE (prefix = %(namespace)s OR prefix LIKE %(namespace_like)s ESCAPE '\')
+   AND (expires_at IS NULL OR expires_at > now())
+   AND (key = %(exact)s
+        OR (starts_with(key, %(scope)s)
+            AND (right(key, char_length(%(suffix)s)) = %(suffix)s OR right(key, 1) = '/' OR right(key, 2) = '/.')
+            AND (%(match_all)s
+                 OR EXISTS (SELECT 1 FROM store AS nested WHERE nested.prefix LIKE %(namespace_like)s ESCAPE '\')
+                 OR jsonb_typeof(value->'content') NOT IN ('string', 'null')
+                 OR (strpos(value->>'content', %(pattern)s) > 0
+                     AND (value->>'encoding') IS DISTINCT FROM 'base64'))))
+ ORDER BY updated_at DESC, prefix, key
+"""
+
+# -- schema migrations (memory.migrations) -----------------------------------------------------
+
+SCHEMA_EXISTS = "SELECT 1 FROM pg_namespace WHERE nspname = %(schema)s"
+
+# Formatted with a validated plain identifier (memory.settings.SCHEMA_NAME), never with raw input.
+CREATE_SCHEMA = 'CREATE SCHEMA IF NOT EXISTS "{schema}"'
+
+# One migrator per database at a time: a transaction-level lock held by an open transaction on a
+# connection of its own (see memory.migrations.migration_lock).
+TRY_MIGRATION_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended('memory:migrations', 0)) AS locked"
+NO_IDLE_TIMEOUT = "SET LOCAL idle_in_transaction_session_timeout = 0"
+
+SEARCH_PATH = "SELECT current_setting('search_path') AS search_path"
+
+PGVECTOR_AVAILABLE = "SELECT 1 FROM pg_available_extensions WHERE name = 'vector'"
+
+# Dimensions of the existing store_vectors.embedding column (pgvector keeps them in atttypmod), if any.
+STORE_VECTOR_DIMS = """
+SELECT a.atttypmod AS dims
+  FROM pg_attribute a
+ WHERE a.attrelid = to_regclass('store_vectors')
+   AND a.attname = 'embedding'
+   AND NOT a.attisdropped
+"""
+
+# An index left INVALID by an interrupted CREATE INDEX CONCURRENTLY (IF NOT EXISTS would keep it).
+INVALID_INDEX = """
+SELECT 1
+  FROM pg_index i
+  JOIN pg_class c ON c.oid = i.indexrelid
+ WHERE c.relname = %(name)s
+   AND c.relnamespace = current_schema()::regnamespace
+   AND NOT i.indisvalid
+"""
+
+# -- retention: TTL cleanup (jobs/ttl_cleanup.py) -----------------------------------------
+# Two sweeps walk the store in primary-key order (keyset on `after_prefix`, `after_key`), one
+# batch of at most `batch_size` rows per transaction. `tenant` (NULL: every tenant) narrows to
+# one tenant; tenants in `held` (legal hold) are never touched. The tenant is the first label.
+# Each *_BATCH query is the dry run's; *_LOCK_BATCH takes the same rows FOR UPDATE SKIP LOCKED,
+# so a row a writer holds is left for the next run and a row a writer just refreshed is skipped.
+
+_TTL_BATCH_SCOPE = """
+   AND (s.prefix, s.key) > (%(after_prefix)s::text, %(after_key)s::text)
+   AND (%(tenant)s::text IS NULL OR split_part(s.prefix, '.', 1) = %(tenant)s::text)
+   AND split_part(s.prefix, '.', 1) <> ALL (%(held)s::text[])
+ ORDER BY s.prefix, s.key
+ LIMIT %(batch_size)s"""
+
+# Sweep 1: rows whose own expiry (set on write from the policy) has passed, in any namespace.
+TTL_EXPIRED_BATCH = f"""
+SELECT s.prefix, s.key, split_part(s.prefix, '.', 1) AS tenant
+  FROM store s
+ WHERE s.expires_at <= %(now)s{_TTL_BATCH_SCOPE}"""
+
+TTL_EXPIRED_LOCK_BATCH = TTL_EXPIRED_BATCH + "\n   FOR UPDATE OF s SKIP LOCKED"
+
+# Sweep 2: the policy applied to rows of memory namespaces (ending in `suffix`) that are not
+# expired by their own expires_at: the first matching rule (arrays ordered most specific first,
+# the default last) gives the TTL; a row last written (or, with refresh on read, last read:
+# expires_at - ttl_minutes) longer ago than that TTL goes. This is how a policy change reaches
+# rows written before it, and rows written with no expiry.
+TTL_POLICY_BATCH = f"""
+WITH rules AS (
+    SELECT r.tenant, r.key_prefix, r.ttl_seconds, r.position
+      FROM unnest(%(rule_tenants)s::text[], %(rule_key_prefixes)s::text[], %(rule_ttl_seconds)s::float8[])
+           WITH ORDINALITY AS r(tenant, key_prefix, ttl_seconds, position)
+)
+SELECT s.prefix, s.key, split_part(s.prefix, '.', 1) AS tenant
+  FROM store s
+ CROSS JOIN LATERAL (
+        SELECT r.ttl_seconds
+          FROM rules r
+         WHERE (r.tenant IS NULL OR r.tenant = split_part(s.prefix, '.', 1))
+           AND starts_with(s.key, r.key_prefix)
+         ORDER BY r.position
+         LIMIT 1) AS rule
+ WHERE right(s.prefix, char_length(%(suffix)s::text) + 1) = '.' || %(suffix)s::text
+   AND (s.expires_at IS NULL OR s.expires_at > %(now)s)
+   AND rule.ttl_seconds IS NOT NULL
+   AND CASE WHEN s.expires_at IS NOT NULL AND s.ttl_minutes IS NOT NULL
+            THEN s.expires_at - make_interval(mins => s.ttl_minutes)
+            ELSE s.updated_at END
+       <= %(now)s - make_interval(secs => rule.ttl_seconds){_TTL_BATCH_SCOPE}"""
+
+TTL_POLICY_LOCK_BATCH = TTL_POLICY_BATCH + "\n   FOR UPDATE OF s SKIP LOCKED"
+
+# A batch's rows, as parallel arrays `prefixes`, `keys`: vectors first, then the items.
+DATABASE_NOW = "SELECT now() AS now"
+
+STORE_VECTORS_PRESENT = "SELECT to_regclass('store_vectors') IS NOT NULL AS present"
+
+TTL_COUNT_BATCH_VECTORS = """
+SELECT split_part(v.prefix, '.', 1) AS tenant, count(*) AS vectors
+  FROM store_vectors v
+  JOIN unnest(%(prefixes)s::text[], %(keys)s::text[]) AS d(prefix, key)
+    ON v.prefix = d.prefix AND v.key = d.key
+ GROUP BY 1
+"""
+
+TTL_DELETE_BATCH_VECTORS = """
+WITH gone AS (
+    DELETE FROM store_vectors v
+     USING unnest(%(prefixes)s::text[], %(keys)s::text[]) AS d(prefix, key)
+     WHERE v.prefix = d.prefix AND v.key = d.key
+    RETURNING v.prefix
+)
+SELECT split_part(prefix, '.', 1) AS tenant, count(*) AS vectors FROM gone GROUP BY 1
+"""
+
+TTL_DELETE_BATCH_ITEMS = """
+DELETE FROM store s
+ USING unnest(%(prefixes)s::text[], %(keys)s::text[]) AS d(prefix, key)
+ WHERE s.prefix = d.prefix AND s.key = d.key
+"""
+
+# -- job runs (jobs/runs.py) ----------------------------------------------------------------
+# One session-level advisory lock per job (`lock_name` like 'memory:ttl_cleanup'): held for the
+# whole run, released by the session's end when the process dies.
+JOB_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended(%(lock_name)s, 0)) AS acquired"
+
+JOB_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended(%(lock_name)s, 0)) AS released"
+
+JOB_RUN_START = """
+INSERT INTO memory_job_runs (job, started_at, status, dry_run, host)
+VALUES (%(job)s, %(started_at)s, 'running', %(dry_run)s, %(host)s)
+RETURNING id
+"""
+
+JOB_RUN_FINISH = """
+UPDATE memory_job_runs
+   SET finished_at = %(finished_at)s,
+       status = %(status)s,
+       counts = %(counts)s,
+       tenant_counts = %(tenant_counts)s,
+       error = %(error)s
+ WHERE id = %(id)s
+"""
+
+# Runs left 'running' by a process that died; only called while holding the job's lock.
+JOB_RUNS_ABANDON = """
+UPDATE memory_job_runs
+   SET status = 'failed', finished_at = now(), error = %(error)s
+ WHERE job = %(job)s AND status = 'running'
+RETURNING id
+"""
+
+# Whether a scheduled tick was already served by a replica (its run started at or after the tick).
+JOB_TICK_DONE = """
+SELECT EXISTS (
+    SELECT 1 FROM memory_job_runs
+     WHERE job = %(job)s AND NOT dry_run AND status = 'succeeded' AND started_at >= %(tick)s
+) AS done
+"""
+
+JOB_RUNS_HISTORY = """
+SELECT id, job, started_at, finished_at, status, dry_run, host, counts, tenant_counts, error
+  FROM memory_job_runs
+ WHERE (%(job)s::text IS NULL OR job = %(job)s::text)
+ ORDER BY started_at DESC, id DESC
+ LIMIT %(limit)s
+"""
+
+JOB_LAST_SUCCESS = """
+SELECT job, max(finished_at) AS finished_at
+  FROM memory_job_runs
+ WHERE status = 'succeeded' AND NOT dry_run
+ GROUP BY job
+"""
+
+# -- benchmarks (bench/) ---------------------------------------------------------------------
+# Scratch databases, one per benchmark module ({} is a psycopg.sql.Identifier).
+BENCH_CREATE_DATABASE = "CREATE DATABASE {}"
+BENCH_DROP_DATABASE = "DROP DATABASE IF EXISTS {} WITH (FORCE)"
+
+# Bulk load of synthetic memory files.
+BENCH_COPY_STORE = "COPY store (prefix, key, value, created_at, updated_at) FROM STDIN"
+BENCH_ANALYZE_STORE = "ANALYZE store"

@@ -1,0 +1,50 @@
+"""What tenant resolution costs on the hot path: writes then reads through `TenantMemoryBackend`
+against plain `StoreBackend` with a fixed namespace, on the same store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from deepagents.backends import StoreBackend
+
+from bench.harness import Context, Entry, Measurement
+from memory import bind_tenant
+from memory.tenancy import tenant_namespace
+
+OVERHEAD = Entry(
+    "read_write_overhead",
+    "N writes then N reads of distinct files",
+    "plain StoreBackend (fixed namespace)",
+    "<= 1.10",
+    lower_is_better=True,
+)
+ENTRIES = (OVERHEAD,)
+
+CONTENT = "user prefers short answers\nmeetings on tuesdays\n" * 4
+
+
+def _round(backend: StoreBackend, paths: list[str]) -> None:
+    for path in paths:
+        if backend.write(path, CONTENT).error:
+            raise AssertionError(f"write {path} failed")
+    for path in paths:
+        if backend.read(path).error:
+            raise AssertionError(f"read {path} failed")
+
+
+def run(ctx: Context, entries: list[Entry]) -> Iterator[Measurement]:
+    operations = ctx.size(1_000, 100)
+    paths = [f"/notes/n{index:04d}.md" for index in range(operations)]
+    with ctx.service("read_write") as svc:
+        ours = svc.memory_backend()
+        plain_namespace = tenant_namespace("plain-tenant")
+        plain = StoreBackend(namespace=lambda _rt: plain_namespace, store=svc.store)
+        with bind_tenant("our-tenant"):
+            ctx.progress(f"timing {OVERHEAD.name} ...")
+            ours_s, baseline_s = ctx.compare(lambda: _round(ours, paths), lambda: _round(plain, paths))
+        yield Measurement(
+            OVERHEAD,
+            ours_s,
+            baseline_s,
+            {"writes": operations, "reads": operations, "reps": ctx.reps, "statistic": "median seconds per round"},
+        )

@@ -1,0 +1,182 @@
+"""Job runs: one at a time per job (a PostgreSQL advisory lock), each recorded in `memory_job_runs`.
+
+`recorded_run(conn, job, dry_run=...)` wraps a job's work: it takes the job's session-level
+advisory lock (held for the whole run, released by the server if the process dies), marks runs
+left 'running' by a dead process as failed, inserts this run as 'running' (committed at once,
+so a killed run stays visible), and records the outcome when the work ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from jobs.report import FAILED, RUNNING, SUCCEEDED, JobReport
+from memory import sql
+from memory.errors import MemoryServiceError
+
+logger = logging.getLogger(__name__)
+
+ABANDONED = "abandoned: the process running it ended before it finished; the next run redid its work"
+
+
+class JobBusy(MemoryServiceError):
+    """The job is already running (another replica or command holds its lock); nothing was done, try again later."""
+
+
+class JobInterrupted(MemoryServiceError):
+    """The job was stopped between two batches; the next run finishes the work."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def this_host() -> str:
+    """`hostname:pid` of this process, recorded with each run."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def lock_name(job: str) -> str:
+    return f"memory:{job}"
+
+
+def _fetch(conn: psycopg.Connection, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query, params)
+        return cur.fetchall()
+
+
+def require_autocommit(conn: psycopg.Connection) -> None:
+    if not conn.autocommit:
+        raise ValueError(
+            "jobs need an autocommit connection (as MemoryService's pool gives), so each batch commits "
+            "on its own: psycopg.connect(url, autocommit=True)"
+        )
+
+
+@contextmanager
+def job_lock(conn: psycopg.Connection, job: str) -> Iterator[bool]:
+    """Try the job's advisory lock on this session; yields whether it was acquired (never waits)."""
+    acquired = bool(_fetch(conn, sql.JOB_TRY_LOCK, {"lock_name": lock_name(job)})[0]["acquired"])
+    try:
+        yield acquired
+    finally:
+        if acquired and not conn.closed:
+            try:
+                _fetch(conn, sql.JOB_UNLOCK, {"lock_name": lock_name(job)})
+            except psycopg.Error:  # the session is gone, and its lock with it
+                logger.warning("could not release the %s lock; the server drops it with the session", job)
+
+
+def abandon_stale_runs(conn: psycopg.Connection, job: str) -> int:
+    """Mark runs left 'running' as failed. Only while holding the job's lock: then none is live."""
+    return len(_fetch(conn, sql.JOB_RUNS_ABANDON, {"job": job, "error": ABANDONED}))
+
+
+def start_run(conn: psycopg.Connection, job: str, *, dry_run: bool, host: str | None = None) -> JobReport:
+    report = JobReport(job=job, dry_run=dry_run, started_at=utcnow(), host=host or this_host())
+    rows = _fetch(
+        conn,
+        sql.JOB_RUN_START,
+        {"job": job, "started_at": report.started_at, "dry_run": dry_run, "host": report.host},
+    )
+    report.run_id = rows[0]["id"]
+    return report
+
+
+def finish_run(conn: psycopg.Connection, report: JobReport, status: str, error: str | None = None) -> None:
+    """Record the outcome; if the database is unreachable the row stays 'running' until abandoned."""
+    report.status = status
+    report.error = error if error is not None else report.error
+    report.finished_at = utcnow()
+    try:
+        conn.execute(
+            sql.JOB_RUN_FINISH,
+            {
+                "id": report.run_id,
+                "finished_at": report.finished_at,
+                "status": status,
+                "counts": Jsonb(report.counts),
+                "tenant_counts": Jsonb(report.tenant_counts),
+                "error": report.error,
+            },
+        )
+    except psycopg.Error as exc:
+        logger.warning("could not record the end of %s run %s: %s", report.job, report.run_id, one_line(exc))
+
+
+@contextmanager
+def recorded_run(
+    conn: psycopg.Connection, job: str, *, dry_run: bool, host: str | None = None
+) -> Iterator[JobReport]:
+    """Run a job's work under its lock and record it; raises `JobBusy` when the lock is taken.
+
+    The body fills the yielded report; it ends 'succeeded' unless the body set status to
+    'failed' (e.g. interrupted between batches) or raised, in which case it is 'failed' with
+    the error and the exception propagates.
+    """
+    require_autocommit(conn)
+    with job_lock(conn, job) as acquired:
+        if not acquired:
+            raise JobBusy(
+                f"{job} is already running (another replica or command holds its lock); "
+                "nothing was done, try again later"
+            )
+        abandoned = abandon_stale_runs(conn, job)
+        report = start_run(conn, job, dry_run=dry_run, host=host)
+        if abandoned:
+            report.bump("abandoned_runs", abandoned)
+        try:
+            yield report
+        except BaseException as exc:
+            finish_run(conn, report, FAILED, one_line(exc))
+            raise
+        finish_run(conn, report, FAILED if report.status == FAILED else SUCCEEDED)
+
+
+def tick_done(conn: psycopg.Connection, job: str, tick: datetime) -> bool:
+    """Whether some replica already ran `job` successfully for the scheduled `tick`."""
+    return bool(_fetch(conn, sql.JOB_TICK_DONE, {"job": job, "tick": tick})[0]["done"])
+
+
+def history(conn: psycopg.Connection, limit: int = 20, job: str | None = None) -> list[JobReport]:
+    """The latest runs, newest first."""
+    rows = _fetch(conn, sql.JOB_RUNS_HISTORY, {"job": job, "limit": limit})
+    return [JobReport.from_row(row) for row in rows]
+
+
+def last_successes(conn: psycopg.Connection) -> dict[str, datetime]:
+    """When each job last finished a real (not dry) run successfully, over every replica."""
+    return {row["job"]: row["finished_at"] for row in _fetch(conn, sql.JOB_LAST_SUCCESS, {})}
+
+
+__all__ = [
+    "ABANDONED",
+    "FAILED",
+    "RUNNING",
+    "SUCCEEDED",
+    "JobBusy",
+    "JobInterrupted",
+    "abandon_stale_runs",
+    "finish_run",
+    "history",
+    "job_lock",
+    "last_successes",
+    "recorded_run",
+    "start_run",
+    "tick_done",
+]

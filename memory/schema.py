@@ -1,0 +1,63 @@
+"""The service's own tables, declared once: alembic's autogenerate compares the database against this.
+
+LangGraph's tables (`store`, `checkpoints`, ...) are not declared here: their `setup()` owns them,
+and the migration calls it (see `memory.migrations.setup_langgraph`).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    MetaData,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+"""Unqualified tables: they land in the configured schema through the connection's search_path."""
+
+JOB_STATUSES = ("running", "succeeded", "failed")
+
+job_runs = Table(
+    "memory_job_runs",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("job", Text, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("status", Text, nullable=False, server_default=text("'running'")),
+    Column("dry_run", Boolean, nullable=False, server_default=text("false")),
+    Column("host", Text, nullable=False, server_default=text("''")),
+    Column("counts", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("tenant_counts", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    Column("error", Text, nullable=True),
+    CheckConstraint("status IN ('running', 'succeeded', 'failed')", name="status"),
+    comment="One row per retention/backup job run: totals, per-tenant counts, outcome.",
+)
+Index("ix_memory_job_runs_job_started_at", job_runs.c.job, job_runs.c.started_at.desc())
+
+tenant_erasures = Table(
+    "memory_tenant_erasures",
+    metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("tenant", Text, nullable=False),
+    Column("erased_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("counts", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+    comment="Ledger of tenant erasures (`memory tenant delete`): who, when, how much.",
+)
+Index("ix_memory_tenant_erasures_tenant", tenant_erasures.c.tenant, tenant_erasures.c.erased_at.desc())

@@ -1,0 +1,274 @@
+"""The scheduler and `memory serve`: once per tick across replicas, the endpoints, clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import psycopg
+import pytest
+from apscheduler.triggers.cron import CronTrigger
+from psycopg.rows import dict_row
+
+from jobs import runs
+from jobs.scheduler import BUSY, DONE, JobScheduler, ScheduledJob, cron, job_runners, latest_tick, scheduled_jobs
+from jobs.ttl_cleanup import JOB
+from memory import MemoryService
+from memory.serve import serve
+from memory.settings import MemorySettings
+
+ROOT = Path(__file__).resolve().parent.parent
+UTC = timezone.utc
+
+INSERT_EXPIRED = """
+INSERT INTO store (prefix, key, value, created_at, updated_at, expires_at, ttl_minutes)
+SELECT %(prefix)s, '/scratch/' || i || '.md', '{"content": "x"}'::jsonb,
+       now() - interval '8 days', now() - interval '8 days', now() - interval '1 day', 10080
+  FROM generate_series(1, %(count)s) AS i
+"""
+STORE_COUNT = "SELECT count(*) AS n FROM store"
+RUNS = "SELECT id, started_at, status, dry_run, counts FROM memory_job_runs WHERE job = %(job)s ORDER BY id"
+
+
+def _connect(url: str) -> psycopg.Connection:
+    return psycopg.connect(url, autocommit=True, row_factory=dict_row)
+
+
+def _job(settings: MemorySettings, trigger) -> ScheduledJob:
+    return ScheduledJob(JOB, trigger, job_runners(settings)[JOB], "test")
+
+
+def _wait_for(predicate, timeout_s: float = 60.0, every_s: float = 0.1):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every_s)
+    raise AssertionError(f"condition not met within {timeout_s}s")
+
+
+def test_latest_tick_is_the_last_fire_time_at_or_before_now():
+    every_15 = cron("*/15 * * * *")
+    now = datetime(2026, 1, 1, 10, 16, 40, tzinfo=UTC)
+    assert latest_tick(every_15, now, timedelta(minutes=5)) == datetime(2026, 1, 1, 10, 15, tzinfo=UTC)
+    assert latest_tick(every_15, now, timedelta(seconds=30)) is None
+    at_tick = datetime(2026, 1, 1, 10, 30, tzinfo=UTC)
+    assert latest_tick(every_15, at_tick, timedelta(seconds=30)) == at_tick
+    every_2s = CronTrigger(second="*/2", timezone=UTC)
+    assert latest_tick(every_2s, datetime(2026, 1, 1, 0, 0, 5, 500, tzinfo=UTC), timedelta(seconds=30)) == datetime(
+        2026, 1, 1, 0, 0, 4, tzinfo=UTC
+    )
+
+
+def test_schedule_settings_map_jobs_to_cron_triggers():
+    jobs = scheduled_jobs(MemorySettings.load(schedule_ttl_cleanup="*/5 * * * *"))
+    assert [(job.name, job.schedule) for job in jobs] == [(JOB, "*/5 * * * *")]
+    assert scheduled_jobs(MemorySettings.load(schedule_ttl_cleanup="")) == []
+
+
+def test_a_tick_runs_once_whether_the_other_replica_is_running_it_or_done(database_url):
+    settings = MemorySettings.load(database_url=database_url)
+    job = _job(settings, cron("*/15 * * * *"))
+    tick = datetime.now(UTC).replace(second=0, microsecond=0)
+    tick -= timedelta(minutes=tick.minute % 15)
+    with _connect(database_url) as conn:
+        conn.execute(INSERT_EXPIRED, {"prefix": "acme.memories", "count": 10})
+    replica_a = JobScheduler(database_url, [job], misfire_grace_s=3600)
+    replica_b = JobScheduler(database_url, [job], misfire_grace_s=3600)
+
+    with psycopg.connect(database_url, autocommit=True) as holder, runs.job_lock(holder, JOB):
+        assert replica_b.run_tick(job) == BUSY  # replica A is in the middle of this tick
+    first = replica_a.run_tick(job)
+    assert first.status == "succeeded" and first.counts["items"] == 10
+    assert replica_b.run_tick(job) == DONE  # replica A already ran this tick
+    assert replica_a.run_tick(job) == DONE
+
+    # The next tick is a new one.
+    after = replica_b.run_tick(job, now=tick + timedelta(minutes=15, seconds=1))
+    assert after.status == "succeeded" and after.counts["items"] == 0
+    assert replica_b.metrics.skipped == {(JOB, BUSY): 1, (JOB, DONE): 1}
+
+
+def test_two_schedulers_on_one_database_run_the_job_once_per_tick(database_url):
+    with _connect(database_url) as conn:
+        conn.execute(INSERT_EXPIRED, {"prefix": "acme.memories", "count": 500})
+    every_2s = CronTrigger(second="*/2", timezone=UTC)
+    with (
+        MemoryService.open(database_url=database_url, database_pool_max_size=3) as svc_a,
+        MemoryService.open(database_url=database_url, database_pool_max_size=3) as svc_b,
+    ):
+        schedulers = [
+            JobScheduler(svc.pool, [_job(svc.settings, every_2s)], misfire_grace_s=1) for svc in (svc_a, svc_b)
+        ]
+        for scheduler in schedulers:
+            scheduler.start()
+        try:
+            time.sleep(9)
+        finally:
+            for scheduler in schedulers:
+                scheduler.shutdown()
+
+    with _connect(database_url) as conn:
+        rows = conn.execute(RUNS, {"job": JOB}).fetchall()
+        remaining = conn.execute(STORE_COUNT).fetchone()["n"]
+    ticks = [row["started_at"].replace(microsecond=0) - timedelta(seconds=row["started_at"].second % 2) for row in rows]
+    assert len(rows) >= 3
+    assert len(set(ticks)) == len(ticks), f"a tick ran twice: {ticks}"
+    assert all(row["status"] == "succeeded" and not row["dry_run"] for row in rows)
+    assert sum(row["counts"]["items"] for row in rows) == 500 and remaining == 0
+    skipped = sum(sum(s.metrics.skipped.values()) for s in schedulers)
+    ran = sum(sum(s.metrics.runs.values()) for s in schedulers)
+    assert ran == len(rows) and skipped >= len(rows) - 1
+
+
+def test_shutdown_stops_a_running_job_after_its_current_batch(database_url):
+    with _connect(database_url) as conn:
+        conn.execute(INSERT_EXPIRED, {"prefix": "acme.memories", "count": 100})
+    settings = MemorySettings.load(database_url=database_url, retention_batch_size=10)
+    runner = job_runners(settings)[JOB]
+    scheduler = JobScheduler(database_url, [])
+
+    def slow_run(conn, **kwargs):
+        def on_batch(report):
+            scheduler.stop.set()  # SIGTERM arrives while the first batch is being committed
+
+        return runner(conn, on_batch=on_batch, **kwargs)
+
+    job = ScheduledJob(JOB, cron("* * * * *"), slow_run)
+    report = scheduler.run_tick(job)
+    assert report.status == "failed" and report.error.startswith("interrupted by shutdown after 1 batches")
+    with _connect(database_url) as conn:
+        assert conn.execute(STORE_COUNT).fetchone()["n"] == 90
+    scheduler.stop.clear()
+    again = scheduler.run_tick(ScheduledJob(JOB, cron("* * * * *"), runner))  # same tick: it did not succeed
+    assert again.status == "succeeded" and again.counts["items"] == 90
+
+
+# -- memory serve ------------------------------------------------------------------------------
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, exc.read().decode()
+
+
+def test_serve_endpoints_report_runs_and_readiness(database_url):
+    with _connect(database_url) as conn:
+        conn.execute(INSERT_EXPIRED, {"prefix": "acme.memories", "count": 7})
+    stop = threading.Event()
+    ready: dict[str, str] = {}
+    with MemoryService.open(database_url=database_url, database_pool_max_size=3) as svc:
+        job = _job(svc.settings, CronTrigger(second="*", timezone=UTC))
+        thread = threading.Thread(
+            target=serve,
+            kwargs={"svc": svc, "host": "127.0.0.1", "port": 0, "jobs": [job], "stop": stop,
+                    "on_ready": lambda url, jobs: ready.setdefault("url", url)},
+        )
+        thread.start()
+        try:
+            base = _wait_for(lambda: ready.get("url"))
+            assert _get(f"{base}/health") == (200, "ok\n")
+            status, body = _get(f"{base}/ready")
+            assert status == 200 and body.startswith("ready: database reachable, schema at "), body
+
+            def after_a_run() -> str | None:
+                body = _get(f"{base}/metrics")[1]
+                return body if 'memory_job_runs_total{job="ttl_cleanup",status="succeeded"} 0' not in body else None
+
+            metrics = _wait_for(after_a_run)
+            assert _get(f"{base}/nope")[0] == 404
+        finally:
+            stop.set()
+            thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert "# TYPE memory_job_runs_total counter" in metrics
+    assert 'memory_job_rows_deleted_total{job="ttl_cleanup",kind="items"} 7' in metrics
+    assert 'memory_job_last_success_timestamp_seconds{job="ttl_cleanup"} ' in metrics
+    assert 'memory_job_duration_seconds_count{job="ttl_cleanup"} ' in metrics
+    assert "memory_database_up 1" in metrics
+
+
+@pytest.fixture
+def empty_database_url(pg_server) -> Iterator[str]:
+    name = f"memory_test_{uuid.uuid4().hex[:12]}"
+    url = pg_server.create_database(name)
+    yield url
+    pg_server.drop_database(name)
+
+
+def _serve_process(url: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "memory", "serve", "--port", "0"],
+        cwd=ROOT,
+        env={**os.environ, "MEMORY_DATABASE_URL": url},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _served_url(child: subprocess.Popen) -> str:
+    line = child.stdout.readline()
+    assert line.startswith("serving http://"), line + child.stderr.read()
+    return line.split()[1].removesuffix("/health")
+
+
+def test_memory_serve_stops_cleanly_on_sigterm(database_url):
+    with _serve_process(database_url) as child:
+        try:
+            base = _served_url(child)
+            assert _get(f"{base}/health")[0] == 200
+            assert _get(f"{base}/ready")[0] == 200
+            child.send_signal(signal.SIGTERM)
+            assert child.wait(timeout=60) == 0
+            assert child.stdout.read() == "stopped\n"
+        finally:
+            if child.poll() is None:
+                child.kill()
+
+
+def test_ready_is_503_until_the_schema_is_at_head(empty_database_url):
+    with _serve_process(empty_database_url) as child:
+        try:
+            base = _served_url(child)
+            assert _get(f"{base}/health")[0] == 200
+            status, body = _get(f"{base}/ready")
+            assert status == 503
+            assert body.startswith("schema at <none>, head is ") and body.endswith("run `memory db upgrade`\n")
+            child.send_signal(signal.SIGTERM)
+            assert child.wait(timeout=60) == 0
+        finally:
+            if child.poll() is None:
+                child.kill()
+
+
+def test_serve_refuses_a_port_in_use_with_one_line(database_url):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "memory", "serve", "--port", str(port)],
+            cwd=ROOT, env={**os.environ, "MEMORY_DATABASE_URL": database_url},
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}: Address already in use;")
+    assert done.stderr.count("\n") == 1
