@@ -188,11 +188,11 @@ def upgrade(
 ) -> SchemaState:
     """Bring the database to `revision` (head by default): our tables, LangGraph's, their indexes."""
     with connect(url, schema, prepare_threshold) as conn:
-        if index:
+        check_search_path(conn, url, schema)
+        if index:  # refuse before changing anything
             with autocommit(conn) as driver:
                 _check_vectors(driver, url, index)
-        check_search_path(conn, url, schema)
-        with migration_lock(url, schema, prepare_threshold):
+        with migration_lock(url, schema):
             ensure_schema(conn, schema)
             before = _current_revision(conn, schema)
             _run(command.upgrade, conn, revision, url=url, schema=schema, index=index)
@@ -204,7 +204,8 @@ def upgrade(
 
 def downgrade(url: str, revision: str, *, schema: str = "public", prepare_threshold: int | None = 0) -> SchemaState:
     """Step the schema back to `revision` ("base" removes our tables; LangGraph's tables and data stay)."""
-    with connect(url, schema, prepare_threshold) as conn, migration_lock(url, schema, prepare_threshold):
+    with connect(url, schema, prepare_threshold) as conn, migration_lock(url, schema):
+        check_search_path(conn, url, schema)
         before = _current_revision(conn, schema)
         _run(command.downgrade, conn, revision, url=url, schema=schema, index=None)
         return _state(conn, schema, before)
@@ -327,9 +328,7 @@ def ensure_schema(conn: Connection, schema: str) -> None:
 
 
 @contextmanager
-def migration_lock(
-    url: str, schema: str = "public", prepare_threshold: int | None = 0, timeout_s: float = LOCK_TIMEOUT_S
-) -> Iterator[None]:
+def migration_lock(url: str, schema: str = "public", timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
     """One migrator per database at a time, through PgBouncer's transaction pooling too.
 
     The lock is a transaction-level advisory lock held by an open transaction on a connection of
@@ -340,9 +339,9 @@ def migration_lock(
     """
     deadline = time.monotonic() + timeout_s
     try:
-        holder = psycopg.connect(
-            schema_url(url, schema), prepare_threshold=prepare_threshold, connect_timeout=CONNECT_TIMEOUT_S
-        )
+        # never prepared: a named prepared statement leaves the idle transaction holding a catalog
+        # snapshot (backend_xmin), and CREATE INDEX CONCURRENTLY would wait for it forever
+        holder = psycopg.connect(schema_url(url, schema), prepare_threshold=None, connect_timeout=CONNECT_TIMEOUT_S)
     except psycopg.Error as exc:
         raise MigrationError(f"schema migration on {describe_url(url)} failed: {_reason(exc)}") from exc
     with holder:

@@ -14,6 +14,7 @@ the result built from them (`result`). `stream` and `astream` feed it, sync and 
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import Any
@@ -77,6 +78,11 @@ def namespace_params(namespace: tuple[str, ...]) -> dict[str, str]:
     return {"namespace": text, "namespace_like": escaped + ".%"}
 
 
+def prefix_end(prefix: str) -> str:
+    """The least string above every string starting with `prefix` (in code point order)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
 def search_scope(normalized_path: str) -> str:
     """Key prefix of the files `_filter_files_by_path` keeps for a directory (besides the exact key)."""
     return "/" if normalized_path == "/" else normalized_path + "/"
@@ -116,10 +122,21 @@ def _file_data(row: dict[str, Any], convert: Convert) -> tuple[FileData, int] | 
 
 
 class Listing:
-    """One push-down call: `query` (None when nothing needs fetching), `params`, `add`, `result`."""
+    """One push-down call: `query` (None when nothing needs fetching), `params`, `add`, `result`.
+
+    `low` and `scope` bound the keys wanted: from `low` up to the end of the `scope` prefix.
+    """
 
     query: str | None = None
     params: dict[str, Any]
+    low: str = ""
+    scope: str = "/"
+
+    def bound_params(self, by_code_point: bool) -> dict[str, Any]:
+        """`params` with the key range, which only holds when keys sort by code point."""
+        if by_code_point:
+            return {**self.params, "low": self.low, "high": prefix_end(self.scope)}
+        return {**self.params, "low": "", "high": None}
 
     def add(self, row: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -132,7 +149,7 @@ class LsListing(Listing):
     """Direct children of `path` and its immediate subdirectories, as `StoreBackend.ls` lists them."""
 
     def __init__(self, namespace: tuple[str, ...], path: str, convert: Convert) -> None:
-        self.scope = path if path.endswith("/") else path + "/"
+        self.scope = self.low = path if path.endswith("/") else path + "/"
         self.convert = convert
         self.query = sql.PUSHDOWN_LS if storable(self.scope) else None
         self.params = {**namespace_params(namespace), "scope": self.scope}
@@ -178,12 +195,8 @@ class _FilesListing(Listing):
             except InvalidGlobPatternError:
                 return False
             first, tail = glob_literals(glob)
-        self.params = {
-            **namespace_params(namespace),
-            "exact": normalized,
-            "scope": search_scope(normalized) + first,
-            "suffix": tail,
-        }
+        self.low, self.scope = normalized, search_scope(normalized) + first
+        self.params = {**namespace_params(namespace), "exact": normalized, "scope": self.scope, "suffix": tail}
         return storable(normalized, first, tail)
 
     def add(self, row: dict[str, Any]) -> None:
@@ -248,6 +261,25 @@ class GrepListing(_FilesListing):
 # -- feeding a listing from the database (sync and async twins) ------------------------------
 
 
+_KEYS_BY_CODE_POINT: weakref.WeakKeyDictionary[object, bool] = weakref.WeakKeyDictionary()
+"""Per store: whether its keys sort by code point (asked once; the database's collation)."""
+
+
+def _by_code_point(store: PostgresStore, conn: psycopg.Connection) -> bool:
+    if store not in _KEYS_BY_CODE_POINT:
+        row = conn.cursor(row_factory=dict_row).execute(sql.PUSHDOWN_KEYS_SORT_BY_CODE_POINT).fetchone()
+        _KEYS_BY_CODE_POINT[store] = bool(row and row["by_code_point"])
+    return _KEYS_BY_CODE_POINT[store]
+
+
+async def _aby_code_point(store: AsyncPostgresStore, conn: psycopg.AsyncConnection) -> bool:
+    if store not in _KEYS_BY_CODE_POINT:
+        cursor = await conn.cursor(row_factory=dict_row).execute(sql.PUSHDOWN_KEYS_SORT_BY_CODE_POINT)
+        row = await cursor.fetchone()
+        _KEYS_BY_CODE_POINT[store] = bool(row and row["by_code_point"])
+    return _KEYS_BY_CODE_POINT[store]
+
+
 def stream(store: PostgresStore, listing: Listing) -> Any:
     """Run the listing's query on the store's pool (or shared connection) and return its result.
 
@@ -257,16 +289,13 @@ def stream(store: PostgresStore, listing: Listing) -> Any:
     """
     if listing.query is not None:
         shared_connection = isinstance(store.conn, psycopg.Connection)
-        with (
-            store.lock if shared_connection else nullcontext(),
-            connection(store.conn) as conn,
-            conn.transaction(),
-            conn.cursor(CURSOR_NAME, binary=True, row_factory=dict_row) as cursor,
-        ):
-            cursor.itersize = FETCH_ROWS
-            cursor.execute(listing.query, listing.params)
-            for row in cursor:
-                listing.add(row)
+        with store.lock if shared_connection else nullcontext(), connection(store.conn) as conn:
+            params = listing.bound_params(_by_code_point(store, conn))
+            with conn.transaction(), conn.cursor(CURSOR_NAME, binary=True, row_factory=dict_row) as cursor:
+                cursor.itersize = FETCH_ROWS
+                cursor.execute(listing.query, params)
+                for row in cursor:
+                    listing.add(row)
     return listing.result()
 
 
@@ -274,14 +303,11 @@ async def astream(store: AsyncPostgresStore, listing: Listing) -> Any:
     """Async twin of `stream`."""
     if listing.query is not None:
         shared_connection = isinstance(store.conn, psycopg.AsyncConnection)
-        async with (
-            store.lock if shared_connection else nullcontext(),
-            aconnection(store.conn) as conn,
-            conn.transaction(),
-            conn.cursor(CURSOR_NAME, binary=True, row_factory=dict_row) as cursor,
-        ):
-            cursor.itersize = FETCH_ROWS
-            await cursor.execute(listing.query, listing.params)
-            async for row in cursor:
-                listing.add(row)
+        async with store.lock if shared_connection else nullcontext(), aconnection(store.conn) as conn:
+            params = listing.bound_params(await _aby_code_point(store, conn))
+            async with conn.transaction(), conn.cursor(CURSOR_NAME, binary=True, row_factory=dict_row) as cursor:
+                cursor.itersize = FETCH_ROWS
+                await cursor.execute(listing.query, params)
+                async for row in cursor:
+                    listing.add(row)
     return listing.result()

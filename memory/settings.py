@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import platformdirs
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from memory.errors import ConfigError
@@ -43,9 +43,7 @@ class MemorySettings(BaseSettings):
         env_prefix="MEMORY_", extra="forbid", populate_by_name=True, validate_default=True
     )
 
-    database_url: str = Field(
-        "", validation_alias=AliasChoices("database_url", "MEMORY_DATABASE_URL", "DATABASE_URL")
-    )
+    database_url: str = ""
     database_pool_min_size: int = Field(1, ge=0)
     database_pool_max_size: int = Field(20, ge=1)
     database_schema: str = "public"
@@ -149,7 +147,7 @@ class MemorySettings(BaseSettings):
         files = [DEFAULT_CONFIG_PATH]
         if extra := os.environ.get("MEMORY_CONFIG"):
             files.append(Path(extra))
-        return (init_settings, env_settings, TomlFilesSource(settings_cls, files))
+        return (init_settings, env_settings, PlainDatabaseUrlSource(settings_cls), TomlFilesSource(settings_cls, files))
 
     @classmethod
     def load(cls, **overrides: Any) -> MemorySettings:
@@ -158,6 +156,17 @@ class MemorySettings(BaseSettings):
             return cls(**overrides)
         except ValidationError as exc:
             raise ConfigError(describe_validation_error(exc)) from None
+
+
+class PlainDatabaseUrlSource(PydanticBaseSettingsSource):
+    """The conventional `DATABASE_URL`, below `MEMORY_DATABASE_URL` and above the TOML files."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        url = os.environ.get("DATABASE_URL")
+        return {"database_url": url} if url else {}
 
 
 class TomlFilesSource(PydanticBaseSettingsSource):

@@ -34,7 +34,24 @@ SELECT split_part(prefix, '.', 1) AS tenant,
 # Each query scopes rows exactly as PostgresStore.search does (the namespace and its descendants,
 # LIKE metacharacters escaped), never returns expired rows, and sends rows in search order
 # (updated_at DESC; prefix, key break ties). `scope` is a key prefix: the listed directory.
-# Rows with string content come back without it (`value - 'content'`) plus its UTF-8 size.
+# `low`/`high` bound the keys wanted when keys sort by code point (then the primary key serves
+# the prefix as an index range); `high` is NULL otherwise. Rows with string content come back
+# without it (`value - 'content'`) plus its UTF-8 size.
+
+# Whether store keys sort by code point (C-like collations), making key prefixes index ranges.
+PUSHDOWN_KEYS_SORT_BY_CODE_POINT = """
+SELECT CASE
+         WHEN k.collname IN ('C', 'POSIX', 'ucs_basic', 'pg_c_utf8') THEN true
+         WHEN k.collname <> 'default' THEN false
+         ELSE coalesce(to_jsonb(d) ->> 'datlocprovider', 'c') IN ('c', 'b')
+              AND coalesce(to_jsonb(d) ->> 'datlocale', to_jsonb(d) ->> 'datcollate')
+                  IN ('C', 'POSIX', 'C.UTF-8', 'C.utf8')
+       END AS by_code_point
+  FROM pg_attribute AS a
+  JOIN pg_collation AS k ON k.oid = a.attcollation
+  JOIN pg_database AS d ON d.datname = current_database()
+ WHERE a.attrelid = 'store'::regclass AND a.attname = 'key'
+"""
 
 # ls: files directly under `scope`, then one row per immediate subdirectory name.
 PUSHDOWN_LS = r"""
@@ -42,6 +59,7 @@ WITH scoped AS (
     SELECT prefix, key, value, updated_at, substr(key, char_length(%(scope)s) + 1) AS rest
       FROM store
      WHERE (prefix = %(namespace)s OR prefix LIKE %(namespace_like)s ESCAPE '\')
+       AND key >= %(low)s AND (%(high)s::text IS NULL OR key < %(high)s)
        AND starts_with(key, %(scope)s)
        AND (expires_at IS NULL OR expires_at > now())
 )
@@ -68,6 +86,7 @@ SELECT key,
   FROM store
  WHERE (prefix = %(namespace)s OR prefix LIKE %(namespace_like)s ESCAPE '\')
    AND (expires_at IS NULL OR expires_at > now())
+   AND key >= %(low)s AND (%(high)s::text IS NULL OR key < %(high)s)
    AND (key = %(exact)s
         OR (starts_with(key, %(scope)s)
             AND (right(key, char_length(%(suffix)s)) = %(suffix)s OR right(key, 1) = '/' OR right(key, 2) = '/.')))
@@ -81,6 +100,7 @@ SELECT key, value
   FROM store
  WHERE (prefix = %(namespace)s OR prefix LIKE %(namespace_like)s ESCAPE '\')
    AND (expires_at IS NULL OR expires_at > now())
+   AND key >= %(low)s AND (%(high)s::text IS NULL OR key < %(high)s)
    AND (key = %(exact)s
         OR (starts_with(key, %(scope)s)
             AND (right(key, char_length(%(suffix)s)) = %(suffix)s OR right(key, 1) = '/' OR right(key, 2) = '/.')

@@ -21,7 +21,8 @@ from memory.db import with_dbname
 from memory.embedded import EmbeddedPostgres
 
 LOCAL_PG15_URL = os.environ.get("MEMORY_TEST_PG15_URL", "postgresql://postgres@127.0.0.1:5432/test")
-TEMPLATE = "memory_test_template"
+TEMPLATE = f"memory_test_template_{os.getpid()}"
+"""One per pytest process, so concurrent sessions on a shared server never clash."""
 
 
 @dataclass

@@ -92,7 +92,7 @@ def clear_store(svc: MemoryService) -> None:
         svc.store.batch([PutOp(tuple(item.namespace), item.key, None) for item in items])
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(layout=layouts())
 def test_no_tenant_sees_another_tenants_files(property_service, layout):
     svc = property_service

@@ -6,7 +6,12 @@ Every test that migrates gets its own empty database (not the template clone) an
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import socket
+import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -22,7 +27,7 @@ from typer.testing import CliRunner
 from memory import MemoryService, MemorySettings, migrations
 from memory.cli import app
 from memory.db import CONNECTION_KWARGS, describe_url
-from memory.errors import ConfigError
+from memory.errors import ConfigError, DatabaseUnavailable
 from memory.scripted import script, tool_call
 from memory.vectors import PgvectorMissing, index_config
 
@@ -442,3 +447,107 @@ def test_cli_upgrade_on_an_unreachable_url_is_one_line_and_fails():
     lines = result.output.strip().splitlines()
     assert len(lines) == 1
     assert lines[0].startswith("error: cannot connect to PostgreSQL at 127.0.0.1:1/nowhere")
+
+
+# -- through a real PgBouncer (transaction pooling), when the machine has one ----------------------
+
+
+@pytest.fixture
+def pgbouncer(local_pg15, tmp_path_factory) -> Iterator:
+    """`start(ignore_options)` runs PgBouncer in transaction mode before the PG 15 server; gives its URL base."""
+    binary = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None)
+    if binary is None:
+        pytest.skip("no pgbouncer on this machine (apt-get install pgbouncer)")
+    server = psycopg.conninfo.conninfo_to_dict(local_pg15.admin_url)
+    if server.get("password"):
+        pytest.skip("the PgBouncer test uses trust authentication; MEMORY_TEST_PG15_URL has a password")
+    processes: list[subprocess.Popen] = []
+
+    def start(ignore_options: bool) -> str:
+        folder = tmp_path_factory.mktemp("pgbouncer")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        user = server.get("user", "postgres")
+        (folder / "users.txt").write_text(f'"{user}" ""\n')
+        (folder / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"* = host={server.get('host', '127.0.0.1')} port={server.get('port', 5432)}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {folder / 'users.txt'}\n"
+            "pool_mode = transaction\ndefault_pool_size = 10\n"
+            + ("ignore_startup_parameters = options\n" if ignore_options else "")
+        )
+        command = [binary, str(folder / "pgbouncer.ini")]
+        if os.geteuid() == 0:  # PgBouncer refuses to run as root
+            shutil.chown(folder, "postgres")
+            for path in folder.iterdir():
+                shutil.chown(path, "postgres")
+            command[1:1] = ["-u", "postgres"]
+        processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        base = f"postgresql://{user}@127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                psycopg.connect(f"{base}/postgres", connect_timeout=1, prepare_threshold=None).close()
+                return base
+            except psycopg.OperationalError:
+                time.sleep(0.05)
+        pytest.fail("pgbouncer did not start")
+
+    yield start
+    for process in processes:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_pgbouncer_refusing_the_options_parameter_is_one_clear_line(pgbouncer, pg15_empty_db):
+    base = pgbouncer(ignore_options=False)
+    url = f"{base}/{psycopg.conninfo.conninfo_to_dict(pg15_empty_db)['dbname']}"
+    with pytest.raises(DatabaseUnavailable, match="unsupported startup parameter: options") as caught:
+        with MemoryService.open(database_url=url, database_schema="memory", database_prepare_threshold=None):
+            pass
+    assert "\n" not in str(caught.value)
+
+
+def test_non_default_schema_through_pgbouncer_transaction_pooling(pgbouncer, pg15_empty_db):
+    base = pgbouncer(ignore_options=True)  # PgBouncer drops `options`: the role's setting must give the path
+    dbname = psycopg.conninfo.conninfo_to_dict(pg15_empty_db)["dbname"]
+    url = f"{base}/{dbname}"
+    settings = {"database_url": url, "database_schema": "memory", "database_prepare_threshold": None}
+
+    with MemoryService.open(**settings, database_pool_max_size=4) as svc:
+        with pytest.raises(migrations.MigrationError) as caught:
+            svc.setup()
+    message = str(caught.value)
+    assert "get search_path '\"$user\", public'" in message
+    assert f'ALTER ROLE "postgres" IN DATABASE "{dbname}" SET search_path = memory, public' in message
+    assert tables(pg15_empty_db) == set()  # refused before creating anything in public
+
+    with psycopg.connect(pg15_empty_db, autocommit=True) as conn:
+        conn.execute(f'ALTER ROLE postgres IN DATABASE "{dbname}" SET search_path = memory, public')
+    # role settings apply to new server sessions: a fresh PgBouncer has none pooled yet
+    settings["database_url"] = f"{pgbouncer(ignore_options=True)}/{dbname}"
+    with MemoryService.open(**settings, database_pool_max_size=4) as svc:
+        first = svc.setup()
+        second = svc.setup()  # the migration lock did not leak into a pooled server connection
+        tools = run_agent(
+            svc,
+            "acme",
+            tool_call("write_file", file_path="/memories/prefs.md", content="likes tea\n"),
+            tool_call("read_file", file_path="/memories/prefs.md"),
+        )
+    assert first.at_head and first.changed and second.at_head and not second.changed
+    assert [t.status for t in tools] == ["success", "success"] and "likes tea" in tools[1].content
+    assert LANGGRAPH_TABLES | OUR_TABLES <= tables(pg15_empty_db, "memory")
+    assert tables(pg15_empty_db, "public") == set()
+
+
+def test_the_migration_lock_holder_keeps_no_snapshot(empty_db):
+    """An idle holder with a backend_xmin would make CREATE INDEX CONCURRENTLY wait for it forever."""
+    with migrations.migration_lock(empty_db), psycopg.connect(empty_db) as conn:
+        holders = conn.execute(
+            "SELECT backend_xmin FROM pg_stat_activity "
+            "WHERE datname = current_database() AND state = 'idle in transaction'"
+        ).fetchall()
+    assert holders == [(None,)]

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
 from deepagents.backends import StoreBackend
 from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
+from psycopg import sql as pgsql
 
 from bench.harness import merge_results
-from memory import MemoryService, TenantMemoryBackend, bind_tenant
-from memory.db import CONNECTION_KWARGS
+from memory import MemoryService, TenantMemoryBackend, bind_tenant, pushdown
+from memory.db import CONNECTION_KWARGS, with_dbname
 from memory.pushdown import glob_literals
 from memory.tenancy import tenant_namespace
 
@@ -159,6 +161,10 @@ async def _compare_async(svc: MemoryService) -> None:
 def test_sync_results_equal_plain_store_backend(service: MemoryService) -> None:
     _populate(service)
     _compare_sync(service)
+    # and without key ranges, as on a database whose collation does not sort by code point
+    assert pushdown._KEYS_BY_CODE_POINT[service.store] is True  # the test servers use C.UTF-8
+    pushdown._KEYS_BY_CODE_POINT[service.store] = False
+    _compare_sync(service)
     plain = _plain(service.store)
     with bind_tenant(TENANT):
         ours = service.memory_backend()
@@ -210,6 +216,28 @@ def test_async_methods_on_the_sync_store(service: MemoryService) -> None:
             assert await ours.agrep("(x)") == plain.grep("(x)")
 
     asyncio.run(main())
+
+
+def test_linguistic_collation_database(pg_server) -> None:
+    """On an ICU database keys do not sort by code point: no key ranges, same results."""
+    name = f"memory_test_icu_{uuid.uuid4().hex[:8]}"
+    try:
+        with pg_server.admin() as conn:
+            conn.execute(
+                pgsql.SQL(
+                    "CREATE DATABASE {} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8'"
+                ).format(pgsql.Identifier(name))
+            )
+    except psycopg.Error as exc:
+        pytest.skip(f"no ICU database on {pg_server.name}: {exc}")
+    try:
+        with MemoryService.open(database_url=with_dbname(pg_server.admin_url, name), database_pool_max_size=4) as svc:
+            svc.setup()
+            _populate(svc)
+            _compare_sync(svc)
+            assert pushdown._KEYS_BY_CODE_POINT[svc.store] is False
+    finally:
+        pg_server.drop_database(name)
 
 
 def test_descendant_namespaces_with_shared_keys(service: MemoryService) -> None:
