@@ -107,6 +107,28 @@ class Context:
         return statistics.median(ours_times), statistics.median(baseline_times)
 
 
+    def compare_interleaved(
+        self, ours: list[Callable[[], object]], baseline: list[Callable[[], object]]
+    ) -> tuple[float, float]:
+        """Like `compare` for work split in steps: each rep runs the two sides' steps alternately
+        (who goes first alternating too), so load from elsewhere on the machine hits both alike."""
+        for step in (*ours, *baseline):
+            step()
+        ours_totals, baseline_totals = [], []
+        for _ in range(self.reps):
+            ours_total = baseline_total = 0.0
+            for index, (our_step, baseline_step) in enumerate(zip(ours, baseline, strict=True)):
+                if index % 2:
+                    baseline_total += timed(baseline_step)
+                    ours_total += timed(our_step)
+                else:
+                    ours_total += timed(our_step)
+                    baseline_total += timed(baseline_step)
+            ours_totals.append(ours_total)
+            baseline_totals.append(baseline_total)
+        return statistics.median(ours_totals), statistics.median(baseline_totals)
+
+
 def timed(call: Callable[[], object]) -> float:
     start = time.perf_counter()
     call()
