@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
 from rich.console import Console
 from rich.table import Table
 
@@ -95,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                     measurements += module.run(ctx, selected)
     except MemoryServiceError as exc:
         console.print(f"bench: {exc}")
+        return 1
+    except psycopg.Error as exc:
+        console.print(f"bench: {' '.join(str(exc).split())}; the benchmarks need a server where they may CREATE DATABASE")
         return 1
     console.print(table(measurements, args.quick))
     merge_results(out, [m.record(facts) for m in measurements])

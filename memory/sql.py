@@ -290,3 +290,160 @@ BENCH_DROP_DATABASE = "DROP DATABASE IF EXISTS {} WITH (FORCE)"
 # Bulk load of synthetic memory files.
 BENCH_COPY_STORE = "COPY store (prefix, key, value, created_at, updated_at) FROM STDIN"
 BENCH_ANALYZE_STORE = "ANALYZE store"
+
+# -- backups (memory/backup.py) ---------------------------------------------------------------
+# Tables of the service that a backup holds, those present in the current schema.
+BACKUP_TABLES_PRESENT = """
+SELECT c.relname AS name
+  FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND c.relname = ANY(%(tables)s)
+"""
+BACKUP_CURRENT_SCHEMA = "SELECT current_schema() AS schema"
+BACKUP_SNAPSHOT = "SELECT pg_export_snapshot() AS snapshot, now() AS now, current_setting('server_version') AS server_version"
+# {table} is a psycopg.sql.Identifier.
+BACKUP_COUNT_ROWS = "SELECT count(*) AS n FROM {table}"
+# An order-independent checksum of a table's rows (tests and `verify`).
+BACKUP_TABLE_CHECKSUM = "SELECT count(*) AS n, coalesce(md5(string_agg(t::text, E'\\n' ORDER BY t::text)), '') AS md5 FROM {table} t"
+BACKUP_TARGET_HAS_ROWS = """
+SELECT EXISTS (SELECT 1 FROM {table} LIMIT 1) AS has_rows
+"""
+ERASURES_PRESENT = "SELECT to_regclass('memory_tenant_erasures') IS NOT NULL AS present"
+ERASURES_ALL = "SELECT id, tenant, erased_at, counts FROM memory_tenant_erasures ORDER BY erased_at, id"
+# Inside the restore transaction (rendered client-side into the psql script).
+RESTORE_SEARCH_PATH = "SELECT pg_catalog.set_config('search_path', %(path)s, true)"
+RESTORE_CREATE_SCHEMA = "CREATE SCHEMA IF NOT EXISTS {schema}"
+RESTORE_CREATE_VECTOR = "CREATE EXTENSION IF NOT EXISTS vector"
+RESTORE_DROP_TABLE = "DROP TABLE IF EXISTS {table} CASCADE"
+RESTORE_KEEP_ERASURE = """
+INSERT INTO memory_tenant_erasures (tenant, erased_at, counts)
+SELECT %(tenant)s, %(erased_at)s::timestamptz, %(counts)s::jsonb
+ WHERE NOT EXISTS (
+    SELECT 1 FROM memory_tenant_erasures WHERE tenant = %(tenant)s AND erased_at = %(erased_at)s::timestamptz
+ )
+"""
+
+# -- tenants (memory/tenants.py) ---------------------------------------------------------------
+# A tenant's store rows: prefix = <tenant> || '.' || ...; %(like)s is the escaped tenant || '.%'.
+_TENANT_ITEMS = r"prefix LIKE %(like)s ESCAPE '\'"
+# A tenant's checkpoint threads: those with any checkpoint whose metadata names it.
+_TENANT_THREADS = "SELECT DISTINCT thread_id FROM checkpoints WHERE metadata->>'assistant_id' = %(tenant)s"
+
+TENANT_LIST = """
+WITH items AS (
+    SELECT split_part(prefix, '.', 1) AS tenant, count(*) AS items,
+           sum(octet_length(value::text)) AS bytes, max(updated_at) AS last_write
+      FROM store GROUP BY 1
+), threads AS (
+    SELECT metadata->>'assistant_id' AS tenant, count(DISTINCT thread_id) AS threads, count(*) AS checkpoints
+      FROM checkpoints WHERE metadata ? 'assistant_id' GROUP BY 1
+)
+SELECT coalesce(i.tenant, t.tenant) AS tenant, coalesce(i.items, 0) AS items, coalesce(i.bytes, 0) AS bytes,
+       coalesce(t.threads, 0) AS threads, coalesce(t.checkpoints, 0) AS checkpoints, i.last_write
+  FROM items i FULL JOIN threads t ON t.tenant = i.tenant
+ ORDER BY 1
+"""
+TENANT_ITEM_STATS = f"""
+SELECT count(*) AS items, coalesce(sum(octet_length(value::text)), 0) AS bytes, max(updated_at) AS last_write
+  FROM store WHERE {_TENANT_ITEMS}
+"""
+TENANT_THREAD_STATS = f"""
+SELECT count(DISTINCT thread_id) AS threads, count(*) AS checkpoints,
+       max(checkpoint->>'ts') AS last_checkpoint
+  FROM checkpoints WHERE thread_id IN ({_TENANT_THREADS})
+"""
+TENANT_VECTORS_PRESENT = "SELECT to_regclass('store_vectors') IS NOT NULL AS present"
+
+TENANT_EXPORT_ITEMS = f"""
+SELECT prefix, key, value::text AS value, created_at, updated_at, expires_at, ttl_minutes
+  FROM store WHERE {_TENANT_ITEMS} ORDER BY prefix, key
+"""
+TENANT_EXPORT_VECTORS = f"""
+SELECT prefix, key, field_name, embedding::text AS embedding, created_at, updated_at
+  FROM store_vectors WHERE {_TENANT_ITEMS} ORDER BY prefix, key, field_name
+"""
+TENANT_EXPORT_CHECKPOINTS = f"""
+SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, checkpoint::text AS checkpoint,
+       metadata::text AS metadata
+  FROM checkpoints WHERE thread_id IN ({_TENANT_THREADS}) ORDER BY thread_id, checkpoint_ns, checkpoint_id
+"""
+TENANT_EXPORT_BLOBS = f"""
+SELECT thread_id, checkpoint_ns, channel, version, type, blob
+  FROM checkpoint_blobs WHERE thread_id IN ({_TENANT_THREADS}) ORDER BY thread_id, checkpoint_ns, channel, version
+"""
+TENANT_EXPORT_WRITES = f"""
+SELECT thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel, type, blob, task_path
+  FROM checkpoint_writes WHERE thread_id IN ({_TENANT_THREADS})
+ ORDER BY thread_id, checkpoint_ns, checkpoint_id, task_id, idx
+"""
+
+# Erasure, in this order, in one transaction (vectors first: counted, though the FK cascades).
+TENANT_THREAD_IDS = _TENANT_THREADS
+TENANT_DELETE_VECTORS = f"DELETE FROM store_vectors WHERE {_TENANT_ITEMS}"
+TENANT_DELETE_ITEMS = f"DELETE FROM store WHERE {_TENANT_ITEMS}"
+TENANT_DELETE_WRITES = "DELETE FROM checkpoint_writes WHERE thread_id = ANY(%(threads)s)"
+TENANT_DELETE_BLOBS = "DELETE FROM checkpoint_blobs WHERE thread_id = ANY(%(threads)s)"
+TENANT_DELETE_CHECKPOINTS = "DELETE FROM checkpoints WHERE thread_id = ANY(%(threads)s)"
+# The same erasure as one statement per table, for replay inside a restore script.
+TENANT_ERASE_WRITES = f"DELETE FROM checkpoint_writes WHERE thread_id IN ({_TENANT_THREADS})"
+TENANT_ERASE_BLOBS = f"DELETE FROM checkpoint_blobs WHERE thread_id IN ({_TENANT_THREADS})"
+TENANT_ERASE_CHECKPOINTS = f"DELETE FROM checkpoints WHERE thread_id IN ({_TENANT_THREADS})"
+TENANT_RECORD_ERASURE = """
+INSERT INTO memory_tenant_erasures (tenant, counts) VALUES (%(tenant)s, %(counts)s)
+RETURNING id, tenant, erased_at, counts
+"""
+
+# Import. Merge keeps the newer item; checkpoints are immutable, so existing ones stay.
+TENANT_IMPORT_ITEM = """
+INSERT INTO store AS s (prefix, key, value, created_at, updated_at, expires_at, ttl_minutes)
+VALUES (%(prefix)s, %(key)s, %(value)s::jsonb, %(created_at)s, %(updated_at)s, %(expires_at)s, %(ttl_minutes)s)
+ON CONFLICT (prefix, key) DO UPDATE
+   SET value = EXCLUDED.value, created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at,
+       expires_at = EXCLUDED.expires_at, ttl_minutes = EXCLUDED.ttl_minutes
+ WHERE s.updated_at < EXCLUDED.updated_at
+RETURNING (xmax = 0) AS inserted
+"""
+TENANT_IMPORT_DROP_VECTORS = "DELETE FROM store_vectors WHERE prefix = %(prefix)s AND key = %(key)s"
+TENANT_IMPORT_VECTOR = """
+INSERT INTO store_vectors (prefix, key, field_name, embedding, created_at, updated_at)
+VALUES (%(prefix)s, %(key)s, %(field_name)s, %(embedding)s::vector, %(created_at)s, %(updated_at)s)
+ON CONFLICT (prefix, key, field_name) DO UPDATE
+   SET embedding = EXCLUDED.embedding, created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at
+"""
+TENANT_IMPORT_CHECKPOINT = """
+INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, checkpoint, metadata)
+VALUES (%(thread_id)s, %(checkpoint_ns)s, %(checkpoint_id)s, %(parent_checkpoint_id)s, %(type)s,
+        %(checkpoint)s::jsonb, %(metadata)s::jsonb)
+ON CONFLICT DO NOTHING
+"""
+TENANT_IMPORT_BLOB = """
+INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type, blob)
+VALUES (%(thread_id)s, %(checkpoint_ns)s, %(channel)s, %(version)s, %(type)s, %(blob)s)
+ON CONFLICT DO NOTHING
+"""
+TENANT_IMPORT_WRITE = """
+INSERT INTO checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel, type, blob, task_path)
+VALUES (%(thread_id)s, %(checkpoint_ns)s, %(checkpoint_id)s, %(task_id)s, %(idx)s, %(channel)s, %(type)s,
+        %(blob)s, %(task_path)s)
+ON CONFLICT DO NOTHING
+"""
+TENANT_ALEMBIC_REVISION = "SELECT version_num FROM alembic_version"
+
+# -- benchmark: TTL sweep (bench/entries/sweep.py) ----------------------------------------------
+# `rows` memory files over `tenants` tenants, every other one expired a day ago (the expired half
+# spread over the whole table); the rest expire in 30 days. Deterministic: both sides get the same.
+BENCH_SWEEP_LOAD = """
+INSERT INTO store (prefix, key, value, created_at, updated_at, expires_at, ttl_minutes)
+SELECT 't' || lpad((i %% %(tenants)s)::text, 4, '0') || '.memories',
+       '/scratch/n' || lpad(i::text, 8, '0') || '.md',
+       jsonb_build_object('content', 'a note kept for a while, ' || i, 'encoding', 'utf-8'),
+       now() - interval '10 days', now() - interval '10 days',
+       CASE WHEN i %% 2 = 0 THEN now() - interval '1 day' ELSE now() + interval '30 days' END,
+       43200
+  FROM generate_series(1, %(rows)s) AS i
+"""
+BENCH_VACUUM_STORE = "VACUUM (ANALYZE) store"
+BENCH_TRUNCATE_STORE = "TRUNCATE store CASCADE"
+BENCH_COUNT_STORE = "SELECT count(*) AS n FROM store"
+# First statement of an export's transaction: one consistent view of the tenant.
+TENANT_SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"

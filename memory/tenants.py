@@ -1,0 +1,407 @@
+"""Tenant-wide tooling: list, stats, export to a bundle, import from one, erase with a ledger entry.
+
+A tenant's memory items are the `store` rows whose prefix is `<tenant>.<...>` (matched with an
+escaped LIKE: `_` is a valid tenant character and a LIKE wildcard); its checkpoint threads are the
+threads with a checkpoint whose `metadata->>'assistant_id'` is the tenant.
+
+The bundle is a gzip'd tar: `manifest.json` first, then one JSON-lines file per section
+(items, vectors, checkpoints, checkpoint_blobs, checkpoint_writes). The manifest holds the
+format version, the tenant, the schema revision, and each section's row count and sha256.
+Item prefixes are stored without the tenant label, so `--as` only changes the first label.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import tarfile
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from memory import sql
+from memory.errors import MemoryServiceError
+from memory.tenancy import validate_tenant_id
+
+BUNDLE_FORMAT = "memory-tenant-bundle"
+BUNDLE_VERSION = 1
+SECTIONS = ("items", "vectors", "checkpoints", "checkpoint_blobs", "checkpoint_writes")
+MODES = ("merge", "replace")
+CLONE_NAMESPACE = uuid.UUID("6f1c1f9e-8f43-4c1e-9a59-4a3c2b0de5a1")
+"""Clones get thread ids uuid5(CLONE_NAMESPACE, "<new tenant>/<old thread id>"): re-importing is idempotent."""
+
+Step = Callable[[str], None] | None
+
+
+class TenantToolError(MemoryServiceError):
+    """The tenant operation failed."""
+
+
+class BundleError(TenantToolError):
+    """The tenant bundle is not valid."""
+
+
+def escape_like(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def tenant_params(tenant: str) -> dict[str, Any]:
+    """Query parameters naming one tenant: `tenant` and the escaped `like` pattern of its prefixes."""
+    tenant = validate_tenant_id(tenant, "tenant")
+    return {"tenant": tenant, "like": escape_like(tenant) + ".%"}
+
+
+def _say(on_step: Step, text: str) -> None:
+    if on_step is not None:
+        on_step(text)
+
+
+def _vectors_present(conn: psycopg.Connection) -> bool:
+    return bool(conn.execute(sql.TENANT_VECTORS_PRESENT).fetchone()["present"])
+
+
+def schema_revision(conn: psycopg.Connection) -> str | None:
+    """The database's alembic revision (None when alembic never ran there)."""
+    try:
+        with conn.transaction():
+            row = conn.execute(sql.TENANT_ALEMBIC_REVISION).fetchone()
+    except psycopg.errors.UndefinedTable:
+        return None
+    return row["version_num"] if row else None
+
+
+# -- list and stats -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TenantStats:
+    tenant: str
+    items: int
+    bytes: int
+    threads: int
+    checkpoints: int
+    last_write: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def list_tenants(conn: psycopg.Connection) -> list[TenantStats]:
+    """Every tenant holding memory items or checkpoint threads."""
+    rows = conn.execute(sql.TENANT_LIST).fetchall()
+    return [
+        TenantStats(r["tenant"], r["items"], int(r["bytes"]), r["threads"], r["checkpoints"], _iso(r["last_write"]))
+        for r in rows
+    ]
+
+
+def tenant_stats(conn: psycopg.Connection, tenant: str) -> TenantStats:
+    params = tenant_params(tenant)
+    items = conn.execute(sql.TENANT_ITEM_STATS, params).fetchone()
+    threads = conn.execute(sql.TENANT_THREAD_STATS, params).fetchone()
+    last = max(filter(None, [_iso(items["last_write"]), threads["last_checkpoint"]]), default=None)
+    return TenantStats(params["tenant"], items["items"], int(items["bytes"]), threads["threads"], threads["checkpoints"], last)
+
+
+# -- rows to JSON and back ----------------------------------------------------------------------
+
+
+def _encode(row: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, (bytes, memoryview)):
+            value = {"b64": base64.b64encode(bytes(value)).decode("ascii")}
+        out[key] = value
+    return out
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: base64.b64decode(value["b64"]) if isinstance(value, dict) and set(value) == {"b64"} else value
+        for key, value in row.items()
+    }
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(row, sort_keys=True, ensure_ascii=False).encode("utf-8") + b"\n" for row in rows)
+
+
+# -- export -------------------------------------------------------------------------------------
+
+
+def export_tenant(conn: psycopg.Connection, tenant: str, out: Path, *, on_step: Step = None) -> dict[str, Any]:
+    """Write `tenant`'s items, vectors and checkpoint threads to the bundle `out`; return its manifest."""
+    params = tenant_params(tenant)
+    tenant = params["tenant"]
+    revision = schema_revision(conn)
+    sections: dict[str, list[dict[str, Any]]] = {}
+    with conn.transaction():
+        conn.execute(sql.TENANT_SNAPSHOT)
+        _say(on_step, "reading items")
+        cut = len(tenant) + 1
+        sections["items"] = [
+            {**_encode(r), "prefix": r["prefix"][cut:]} for r in conn.execute(sql.TENANT_EXPORT_ITEMS, params)
+        ]
+        sections["vectors"] = (
+            [{**_encode(r), "prefix": r["prefix"][cut:]} for r in conn.execute(sql.TENANT_EXPORT_VECTORS, params)]
+            if _vectors_present(conn)
+            else []
+        )
+        _say(on_step, "reading checkpoint threads")
+        sections["checkpoints"] = [_encode(r) for r in conn.execute(sql.TENANT_EXPORT_CHECKPOINTS, params)]
+        sections["checkpoint_blobs"] = [_encode(r) for r in conn.execute(sql.TENANT_EXPORT_BLOBS, params)]
+        sections["checkpoint_writes"] = [_encode(r) for r in conn.execute(sql.TENANT_EXPORT_WRITES, params)]
+    payloads = {name: _jsonl(sections[name]) for name in SECTIONS}
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "version": BUNDLE_VERSION,
+        "tenant": tenant,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "schema_revision": revision,
+        "threads": len({r["thread_id"] for r in sections["checkpoints"]}),
+        "sections": {
+            name: {"rows": len(sections[name]), "sha256": hashlib.sha256(payloads[name]).hexdigest()}
+            for name in SECTIONS
+        },
+    }
+    _say(on_step, "writing the bundle")
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    with tarfile.open(partial, "w:gz") as tar:
+        for name, data in [("manifest.json", json.dumps(manifest, indent=2).encode("utf-8"))] + [
+            (f"{name}.jsonl", payloads[name]) for name in SECTIONS
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = int(datetime.now(timezone.utc).timestamp())
+            tar.addfile(info, io.BytesIO(data))
+    partial.replace(out)
+    return manifest
+
+
+# -- reading a bundle -----------------------------------------------------------------------------
+
+
+@dataclass
+class Bundle:
+    manifest: dict[str, Any]
+    sections: dict[str, list[dict[str, Any]]]
+
+    @property
+    def tenant(self) -> str:
+        return self.manifest["tenant"]
+
+
+def read_bundle(path: Path) -> Bundle:
+    """Open and verify a bundle: format and version, manifest first, each section's count and sha256."""
+    path = Path(path)
+    what = f"{path}: not a tenant bundle (a gzip'd tar with manifest.json first, from `memory tenant export`)"
+    try:
+        tar = tarfile.open(path, "r:gz")
+    except FileNotFoundError:
+        raise BundleError(f"{path}: no such file") from None
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise BundleError(f"{what}: {exc}") from None
+    with tar:
+        try:
+            members = tar.getmembers()
+            if not members or members[0].name != "manifest.json":
+                raise BundleError(f"{what}: manifest.json is not its first member")
+            files = {}
+            for member in members:
+                if not member.isfile():
+                    raise BundleError(f"{what}: unexpected member {member.name!r}")
+                handle = tar.extractfile(member)
+                files[member.name] = handle.read() if handle else b""
+        except (tarfile.TarError, OSError, EOFError, zlib_error()) as exc:
+            raise BundleError(f"{path}: the bundle is truncated or damaged ({exc})") from None
+    try:
+        manifest = json.loads(files["manifest.json"])
+    except ValueError as exc:
+        raise BundleError(f"{path}: manifest.json is not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{what}: its manifest is not a {BUNDLE_FORMAT} manifest")
+    if manifest.get("version") != BUNDLE_VERSION:
+        raise BundleError(
+            f"{path}: bundle format version {manifest.get('version')!r} is not supported "
+            f"(this release reads version {BUNDLE_VERSION}); export it again with this release"
+        )
+    validate_tenant_id(manifest.get("tenant"), "bundle tenant")
+    sections: dict[str, list[dict[str, Any]]] = {}
+    declared = manifest.get("sections") or {}
+    for name in SECTIONS:
+        data = files.get(f"{name}.jsonl")
+        meta = declared.get(name)
+        if data is None or not isinstance(meta, dict):
+            raise BundleError(f"{path}: section {name} is missing; the bundle is incomplete")
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != meta.get("sha256"):
+            raise BundleError(f"{path}: section {name} has sha256 {digest[:12]}…, the manifest says {str(meta.get('sha256'))[:12]}…: altered")
+        try:
+            rows = [_decode(json.loads(line)) for line in data.decode("utf-8").splitlines() if line]
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{path}: section {name} is not JSON lines ({exc})") from None
+        if len(rows) != meta.get("rows"):
+            raise BundleError(f"{path}: section {name} has {len(rows)} rows, the manifest says {meta.get('rows')}")
+        sections[name] = rows
+    return Bundle(manifest, sections)
+
+
+def zlib_error() -> type[BaseException]:
+    import zlib
+
+    return zlib.error
+
+
+# -- erase ----------------------------------------------------------------------------------------
+
+
+def _erase(conn: psycopg.Connection, params: dict[str, Any], vectors: bool) -> dict[str, int]:
+    """Delete a tenant's items, vectors and threads inside the caller's transaction; the counts."""
+    counts = {"items": 0, "vectors": 0, "threads": 0, "checkpoints": 0, "checkpoint_blobs": 0, "checkpoint_writes": 0}
+    if vectors:
+        counts["vectors"] = conn.execute(sql.TENANT_DELETE_VECTORS, params).rowcount
+    counts["items"] = conn.execute(sql.TENANT_DELETE_ITEMS, params).rowcount
+    threads = [r["thread_id"] for r in conn.execute(sql.TENANT_THREAD_IDS, params).fetchall()]
+    counts["threads"] = len(threads)
+    if threads:
+        p = {"threads": threads}
+        counts["checkpoint_writes"] = conn.execute(sql.TENANT_DELETE_WRITES, p).rowcount
+        counts["checkpoint_blobs"] = conn.execute(sql.TENANT_DELETE_BLOBS, p).rowcount
+        counts["checkpoints"] = conn.execute(sql.TENANT_DELETE_CHECKPOINTS, p).rowcount
+    return counts
+
+
+def delete_tenant(conn: psycopg.Connection, tenant: str) -> dict[str, Any]:
+    """Erase a tenant in one transaction and record it in `memory_tenant_erasures`; the receipt."""
+    params = tenant_params(tenant)
+    with conn.transaction():
+        counts = _erase(conn, params, _vectors_present(conn))
+        row = conn.execute(
+            sql.TENANT_RECORD_ERASURE, {"tenant": params["tenant"], "counts": json.dumps(counts)}
+        ).fetchone()
+    return {"erasure_id": row["id"], "tenant": row["tenant"], "erased_at": row["erased_at"].isoformat(), "counts": row["counts"]}
+
+
+# -- import ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ImportReport:
+    tenant: str
+    source_tenant: str
+    mode: str
+    dry_run: bool
+    removed: dict[str, int] = field(default_factory=dict)
+    items_inserted: int = 0
+    items_updated: int = 0
+    items_kept: int = 0
+    vectors: int = 0
+    vectors_skipped: int = 0
+    threads: int = 0
+    checkpoints_inserted: int = 0
+    blobs_inserted: int = 0
+    writes_inserted: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _DryRun(Exception):
+    pass
+
+
+def import_tenant(
+    conn: psycopg.Connection,
+    path: Path,
+    *,
+    as_tenant: str | None = None,
+    mode: str = "merge",
+    dry_run: bool = False,
+    on_step: Step = None,
+) -> ImportReport:
+    """Import a bundle in one transaction (rolled back for a dry run); other tenants are never touched."""
+    if mode not in MODES:
+        raise TenantToolError(f"--mode {mode!r}: use one of {', '.join(MODES)}")
+    _say(on_step, "verifying the bundle")
+    bundle = read_bundle(path)
+    source = bundle.tenant
+    target = validate_tenant_id(as_tenant, "--as") if as_tenant is not None else source
+    revision = schema_revision(conn)
+    if bundle.manifest.get("schema_revision") != revision:
+        raise BundleError(
+            f"{path}: exported at schema revision {bundle.manifest.get('schema_revision')}, this database is at "
+            f"{revision}; bring both to the same revision (`memory db upgrade`) and export again; nothing was changed"
+        )
+    params = tenant_params(target)
+    clone = target != source
+
+    def thread(old: str) -> str:
+        return str(uuid.uuid5(CLONE_NAMESPACE, f"{target}/{old}")) if clone else old
+
+    def metadata(text: str, old_thread: str) -> str:
+        data = json.loads(text)
+        if clone:
+            data["assistant_id"] = target
+            if data.get("thread_id") == old_thread:
+                data["thread_id"] = thread(old_thread)
+        return json.dumps(data)
+
+    report = ImportReport(target, source, mode, dry_run)
+    try:
+        with conn.transaction():
+            vectors_here = _vectors_present(conn)
+            if mode == "replace":
+                _say(on_step, f"removing {target}'s existing items and threads")
+                report.removed = _erase(conn, params, vectors_here)
+            _say(on_step, f"importing {len(bundle.sections['items'])} items")
+            written: set[tuple[str, str]] = set()
+            for row in bundle.sections["items"]:
+                item = {**row, "prefix": f"{target}.{row['prefix']}"}
+                result = conn.execute(sql.TENANT_IMPORT_ITEM, item).fetchone()
+                if result is None:
+                    report.items_kept += 1
+                    continue
+                written.add((item["prefix"], item["key"]))
+                if result["inserted"]:
+                    report.items_inserted += 1
+                else:
+                    report.items_updated += 1
+                if vectors_here:
+                    conn.execute(sql.TENANT_IMPORT_DROP_VECTORS, item)
+            for row in bundle.sections["vectors"]:
+                vector = {**row, "prefix": f"{target}.{row['prefix']}"}
+                if (vector["prefix"], vector["key"]) not in written:
+                    continue
+                if not vectors_here:
+                    report.vectors_skipped += 1
+                    continue
+                conn.execute(sql.TENANT_IMPORT_VECTOR, vector)
+                report.vectors += 1
+            _say(on_step, f"importing {bundle.manifest.get('threads', 0)} threads")
+            report.threads = len({r["thread_id"] for r in bundle.sections["checkpoints"]})
+            for row in bundle.sections["checkpoints"]:
+                cp = {**row, "thread_id": thread(row["thread_id"]), "metadata": metadata(row["metadata"], row["thread_id"])}
+                report.checkpoints_inserted += conn.execute(sql.TENANT_IMPORT_CHECKPOINT, cp).rowcount
+            for row in bundle.sections["checkpoint_blobs"]:
+                report.blobs_inserted += conn.execute(sql.TENANT_IMPORT_BLOB, {**row, "thread_id": thread(row["thread_id"])}).rowcount
+            for row in bundle.sections["checkpoint_writes"]:
+                report.writes_inserted += conn.execute(sql.TENANT_IMPORT_WRITE, {**row, "thread_id": thread(row["thread_id"])}).rowcount
+            if dry_run:
+                raise _DryRun
+    except _DryRun:
+        pass
+    return report

@@ -1,0 +1,195 @@
+"""Backups on real PostgreSQL: pg_dump + manifest, verify, restore into another database, erasure replay."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from deepagents import create_deep_agent
+from psycopg.rows import dict_row
+from typer.testing import CliRunner
+
+from memory import MemoryService, backup, tenants
+from memory.backup import BackupError, create_backup, list_backups, restore_backup, table_checksums, verify_backup
+from memory.cli import app
+from memory.db import connection
+from memory.pgtools import PgToolError, find_tool
+from memory.scripted import script, tool_call
+
+
+def run_agent(svc: MemoryService, tenant: str, *calls, thread_id: str | None = None) -> None:
+    agent = create_deep_agent(
+        model=script(*calls, "done"),
+        backend=svc.backend(),
+        store=svc.store,
+        checkpointer=svc.checkpointer,
+        system_prompt=svc.system_prompt("You are a test assistant."),
+    )
+    config = {"configurable": {"thread_id": thread_id or uuid.uuid4().hex}, "metadata": {"assistant_id": tenant}}
+    agent.invoke({"messages": [{"role": "user", "content": "go"}]}, config=config)
+
+
+def populate(svc: MemoryService) -> None:
+    """Two tenants, each with memory files and two checkpoint threads (a `_` tenant tests LIKE escaping)."""
+    for tenant in ("acme", "glo_bex"):
+        for n in range(2):
+            run_agent(
+                svc,
+                tenant,
+                tool_call("write_file", file_path=f"/memories/{tenant}-{n}.md", content=f"{tenant} note {n}\n"),
+                tool_call("write_file", file_path=f"/scratch/{n}.txt", content="state only\n"),
+            )
+
+
+def checksums(url: str) -> dict[str, tuple[int, str]]:
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        return table_checksums(conn)
+
+
+def empty_database(pg_server) -> tuple[str, str]:
+    name = f"memory_restore_{uuid.uuid4().hex[:10]}"
+    return name, pg_server.create_database(name)
+
+
+def test_backup_restore_into_second_database_has_identical_rows(service, pg_server, tmp_path):
+    populate(service)
+    manifest = create_backup(service.database_url, tmp_path)
+
+    assert (tmp_path / manifest.file).is_file() and (tmp_path / manifest.file).with_suffix(".json").is_file()
+    source = checksums(service.database_url)
+    assert manifest.tables["store"] == source["store"][0] == 4
+    assert manifest.tables["checkpoints"] == source["checkpoints"][0] > 0
+    assert manifest.schema_revision and manifest.sha256 == backup.sha256_file(tmp_path / manifest.file)
+    assert [m.file for m in list_backups(tmp_path)] == [manifest.file]
+    assert verify_backup(tmp_path / manifest.file).sha256 == manifest.sha256
+
+    name, target = empty_database(pg_server)
+    try:
+        report = restore_backup(tmp_path / manifest.file, target)
+        assert report.schema_revision == manifest.schema_revision
+        assert checksums(target) == source
+    finally:
+        pg_server.drop_database(name)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "alter"])
+def test_damaged_archive_fails_verify_and_restore_leaving_target_untouched(service, pg_server, tmp_path, damage):
+    populate(service)
+    manifest = create_backup(service.database_url, tmp_path)
+    archive = tmp_path / manifest.file
+    data = archive.read_bytes()
+    if damage == "truncate":
+        archive.write_bytes(data[: len(data) // 2])
+    else:
+        archive.write_bytes(data[:-40] + bytes(b ^ 0xFF for b in data[-40:]))
+
+    with pytest.raises(BackupError, match="truncated or altered"):
+        verify_backup(archive)
+    run_agent(service, "acme", tool_call("write_file", file_path="/memories/after.md", content="newer\n"))
+    before = checksums(service.database_url)
+    with pytest.raises(BackupError, match="truncated or altered"):
+        restore_backup(archive, service.database_url, force=True)
+    assert checksums(service.database_url) == before
+
+    result = CliRunner().invoke(app, ["backup", "verify", str(archive)])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "truncated or altered" in lines[0]
+
+
+def test_restore_refuses_non_empty_target_without_force(service, tmp_path):
+    populate(service)
+    manifest = create_backup(service.database_url, tmp_path)
+    before = checksums(service.database_url)
+    with pytest.raises(BackupError, match="not empty.*--force"):
+        restore_backup(tmp_path / manifest.file, service.database_url)
+    assert checksums(service.database_url) == before
+
+
+def test_restore_of_older_backup_does_not_resurrect_erased_tenant(service, tmp_path):
+    populate(service)
+    manifest = create_backup(service.database_url, tmp_path)
+    with connection(service.pool) as conn:
+        receipt = tenants.delete_tenant(conn, "acme")
+        assert receipt["counts"]["items"] == 2 and receipt["counts"]["threads"] == 2
+
+    report = restore_backup(tmp_path / manifest.file, service.database_url, force=True)
+
+    assert report.erasures_replayed == ["acme"]
+    with connection(service.pool) as conn:
+        acme = tenants.tenant_stats(conn, "acme")
+        other = tenants.tenant_stats(conn, "glo_bex")
+        ledger = conn.execute("SELECT tenant FROM memory_tenant_erasures").fetchall()
+    assert (acme.items, acme.threads, acme.checkpoints) == (0, 0, 0)
+    assert (other.items, other.threads) == (2, 2)
+    assert [row["tenant"] for row in ledger] == ["acme"]
+
+
+def test_restore_rolls_back_when_the_script_fails(service, pg_server, tmp_path):
+    """A failure inside the restore transaction (here: a table the drop cannot remove) changes nothing."""
+    populate(service)
+    manifest = create_backup(service.database_url, tmp_path)
+    name, target = empty_database(pg_server)
+    try:
+        with psycopg.connect(target, autocommit=True) as conn:
+            conn.execute("CREATE TABLE keepme (id int)")
+            conn.execute("CREATE VIEW store AS SELECT id FROM keepme")  # DROP TABLE store fails on a view
+        with pytest.raises(BackupError, match="rolled back"):
+            restore_backup(tmp_path / manifest.file, target)
+        with psycopg.connect(target) as conn:
+            assert conn.execute("SELECT to_regclass('checkpoints')").fetchone()[0] is None
+            assert conn.execute("SELECT to_regclass('store')").fetchone()[0] == "store"
+    finally:
+        pg_server.drop_database(name)
+
+
+def test_keep_prunes_old_backups(service, tmp_path):
+    made = [create_backup(service.database_url, tmp_path, keep=2).file for _ in range(3)]
+    assert [m.file for m in list_backups(tmp_path)] == made[:0:-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f for f in made[1:]] + [Path(f).with_suffix(".json").name for f in made[1:]]
+    )
+
+
+def test_unknown_manifest_version_is_refused(service, tmp_path):
+    manifest = create_backup(service.database_url, tmp_path)
+    path = (tmp_path / manifest.file).with_suffix(".json")
+    data = json.loads(path.read_text())
+    data["version"] = 99
+    path.write_text(json.dumps(data))
+    with pytest.raises(BackupError, match="format version 99 is not supported"):
+        verify_backup(tmp_path / manifest.file)
+
+
+def test_server_newer_than_every_pg_dump_gets_a_clear_message(tmp_path):
+    with pytest.raises(PgToolError, match=r"server runs PostgreSQL 99 but the newest pg_dump found is \d+\.\d+"):
+        find_tool("pg_dump", 99)
+    with pytest.raises(PgToolError, match="no pg_dump found"):
+        find_tool("pg_dump", 15, dirs=[tmp_path])
+    assert find_tool("pg_dump", 18).major >= 18
+
+
+def test_cli_backup_create_list_verify_restore(service, pg_server, tmp_path, monkeypatch):
+    populate(service)
+    monkeypatch.setenv("MEMORY_DATABASE_URL", service.database_url)
+    runner = CliRunner()
+    created = runner.invoke(app, ["backup", "create", "--out", str(tmp_path), "--json"])
+    assert created.exit_code == 0, created.output
+    manifest = json.loads(created.output)
+    archive = tmp_path / manifest["file"]
+    listed = runner.invoke(app, ["backup", "list", "--dir", str(tmp_path), "--json"])
+    assert [m["file"] for m in json.loads(listed.output)] == [manifest["file"]]
+    assert runner.invoke(app, ["backup", "verify", str(archive)]).exit_code == 0
+    refused = runner.invoke(app, ["backup", "restore", str(archive)])
+    assert refused.exit_code == 1 and "--force" in refused.output
+    name, target = empty_database(pg_server)
+    try:
+        restored = runner.invoke(app, ["backup", "restore", str(archive), "--target", target, "--json"])
+        assert restored.exit_code == 0, restored.output
+        assert checksums(target) == checksums(service.database_url)
+    finally:
+        pg_server.drop_database(name)
