@@ -410,6 +410,8 @@ def restore_backup(
             ["--no-owner", "--no-privileges", "-f", str(script), str(archive)],
             f"{archive.name}: pg_restore cannot read the archive; {where} was not changed",
         )
+        if server_major < 17:
+            _drop_newer_settings(script)
         (Path(tmp) / "prelude.sql").write_text("".join(prelude), encoding="utf-8")
         (Path(tmp) / "postlude.sql").write_text("".join(postlude), encoding="utf-8")
         _say(on_step, f"restoring {sum(manifest.tables.values())} rows into {where} (one transaction)")
@@ -429,8 +431,8 @@ def restore_backup(
         state = migrations.upgrade(target_url, schema=schema)
         revision = state.revision
     else:
-        upgrade(target_url)
-        revision = manifest.schema_revision
+        state = upgrade(target_url)
+        revision = getattr(state, "revision", manifest.schema_revision)
     return RestoreReport(
         file=archive.name,
         target=where,
@@ -440,6 +442,19 @@ def restore_backup(
         erasures_replayed=replayed,
         schema_revision=revision,
     )
+
+
+NEWER_SETTINGS = (b"SET transaction_timeout = 0;",)
+"""Lines a PG 17+ pg_restore writes that older servers reject (the setting does not exist there)."""
+
+
+def _drop_newer_settings(script: Path) -> None:
+    kept = script.with_suffix(".kept.sql")
+    with open(script, "rb") as src, open(kept, "wb") as dst:
+        for line in src:
+            if line.rstrip(b"\r\n") not in NEWER_SETTINGS:
+                dst.write(line)
+    kept.replace(script)
 
 
 def erase_statements(tenant: str, vectors: bool) -> list[tuple[str, dict[str, Any]]]:

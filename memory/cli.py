@@ -23,6 +23,10 @@ db_app = typer.Typer(help="Schema: create and upgrade the service's tables.", no
 app.add_typer(db_app, name="db")
 jobs_app = typer.Typer(help="Retention jobs: run one now, see past runs.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
+backup_app = typer.Typer(help="Backups: pg_dump of the service's tables with a manifest; verify; restore.", no_args_is_help=True)
+app.add_typer(backup_app, name="backup")
+tenant_app = typer.Typer(help="Tenants: list, stats, export/import bundles, erase.", no_args_is_help=True)
+app.add_typer(tenant_app, name="tenant")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -317,6 +321,284 @@ def serve(
     except MemoryServiceError as exc:
         fail(exc)
     print("stopped", flush=True)
+
+
+# -- backup and tenant ---------------------------------------------------------------------------
+
+
+class _Steps:
+    """A spinner on a terminal (not with --json) that each long step updates."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.status = console.status("starting") if console.is_terminal and not as_json else None
+
+    def __enter__(self):
+        if self.status is not None:
+            self.status.start()
+        return (lambda text: self.status.update(text)) if self.status is not None else None
+
+    def __exit__(self, *exc) -> None:
+        if self.status is not None:
+            self.status.stop()
+
+
+def _load_settings():
+    from memory.settings import MemorySettings
+
+    return MemorySettings.load()
+
+
+def _print_json(data) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+@backup_app.command("create")
+def backup_create(
+    out: Annotated[Optional[str], typer.Option("--out", help="Directory for the backup (default [backup] dir).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """pg_dump -Fc of the service's tables plus a manifest (.json) beside it; prunes to the newest `keep` (backup section)."""
+    from pathlib import Path
+
+    from memory.backup import create_backup
+
+    try:
+        with _open_service() as svc, _Steps(as_json) as step:
+            manifest = create_backup(
+                svc.database_url, Path(out) if out else svc.settings.backup_dir, keep=svc.settings.backup_keep, on_step=step
+            )
+    except MemoryServiceError as exc:
+        fail(exc)
+    if as_json:
+        _print_json(manifest.to_dict())
+        return
+    console.print(
+        f"backup {manifest.path} ({manifest.size} bytes, {sum(manifest.tables.values())} rows in "
+        f"{len(manifest.tables)} tables, schema {manifest.schema_revision}, sha256 {manifest.sha256[:12]}…)",
+        markup=False, highlight=False, soft_wrap=True,
+    )
+
+
+@backup_app.command("list")
+def backup_list(
+    directory: Annotated[Optional[str], typer.Option("--dir", help="Backup directory (default [backup] dir).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifests as JSON.")] = False,
+) -> None:
+    """Backups in the backup directory, newest first."""
+    from pathlib import Path
+
+    from memory.backup import list_backups
+
+    try:
+        manifests = list_backups(Path(directory) if directory else _load_settings().backup_dir)
+    except MemoryServiceError as exc:
+        fail(exc)
+    if as_json:
+        _print_json([m.to_dict() for m in manifests])
+        return
+    table = Table(title="Backups")
+    for column in ("file", "created (UTC)", "size", "rows", "server", "schema revision"):
+        table.add_column(column)
+    for m in manifests:
+        table.add_row(m.file, m.created_at[:19], str(m.size), str(sum(m.tables.values())), m.server_version, m.schema_revision or "-")
+    console.print(table)
+
+
+@backup_app.command("verify")
+def backup_verify(
+    file: Annotated[str, typer.Argument(help="The archive (.dump) or its manifest (.json).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Check the archive's sha256, that pg_restore can read it, and that every table is in it."""
+    from pathlib import Path
+
+    from memory.backup import verify_backup
+
+    try:
+        manifest = verify_backup(Path(file))
+    except MemoryServiceError as exc:
+        fail(exc)
+    if as_json:
+        _print_json({"ok": True, **manifest.to_dict()})
+    else:
+        console.print(f"ok: {manifest.file} ({len(manifest.tables)} tables, sha256 matches)", markup=False, highlight=False)
+
+
+@backup_app.command("restore")
+def backup_restore(
+    file: Annotated[str, typer.Argument(help="The archive (.dump) or its manifest (.json).")],
+    target: Annotated[Optional[str], typer.Option("--target", help="Database URL to restore into (default: the service's).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace the data of a non-empty target.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+) -> None:
+    """Verify, then restore in one transaction (the target is unchanged on failure), then migrate to head.
+
+    Tenants erased after the backup was taken stay erased (the target's erasure ledger is kept and replayed).
+    """
+    from pathlib import Path
+
+    from memory import migrations
+    from memory.backup import restore_backup
+
+    _quiet_alembic()
+    try:
+        if target:
+            settings = _load_settings()
+            url = migrations.schema_url(target, settings.database_schema)
+            with _Steps(as_json) as step:
+                report = restore_backup(Path(file), url, force=force, on_step=step)
+        else:
+            with _open_service() as svc, _Steps(as_json) as step:
+                report = restore_backup(
+                    Path(file), svc.database_url, force=force, on_step=step, upgrade=lambda _url: svc.setup()
+                )
+    except MemoryServiceError as exc:
+        fail(exc)
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    console.print(
+        f"restored {report.file} (taken {report.created_at[:19]}) into {report.target}: "
+        f"{sum(report.tables.values())} rows; schema at {report.schema_revision}",
+        markup=False, highlight=False, soft_wrap=True,
+    )
+    if report.erasures_replayed:
+        console.print(f"erased again (erased after the backup): {', '.join(report.erasures_replayed)}", markup=False)
+
+
+@tenant_app.command("list")
+def tenant_list(as_json: Annotated[bool, typer.Option("--json", help="Print the tenants as JSON.")] = False) -> None:
+    """Every tenant holding memory items or checkpoint threads."""
+    from memory.db import connection
+    from memory.tenants import list_tenants
+
+    try:
+        with _open_service() as svc, connection(svc.pool) as conn:
+            stats = list_tenants(conn)
+    except MemoryServiceError as exc:
+        fail(exc)
+    _print_tenant_stats(stats, as_json, "Tenants")
+
+
+def _print_tenant_stats(stats, as_json: bool, title: str) -> None:
+    if as_json:
+        _print_json([s.to_dict() for s in stats])
+        return
+    table = Table(title=title)
+    for column in ("tenant", "items", "bytes", "threads", "checkpoints", "last write"):
+        table.add_column(column)
+    for s in stats:
+        table.add_row(s.tenant, str(s.items), str(s.bytes), str(s.threads), str(s.checkpoints), (s.last_write or "-")[:19])
+    console.print(table)
+
+
+@tenant_app.command("stats")
+def tenant_stats_cmd(
+    tenant: Annotated[str, typer.Argument(help="The tenant (assistant_id).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the stats as JSON.")] = False,
+) -> None:
+    """One tenant's items, bytes, threads, checkpoints and last write."""
+    from memory.db import connection
+    from memory.tenants import tenant_stats
+
+    try:
+        with _open_service() as svc, connection(svc.pool) as conn:
+            stats = tenant_stats(conn, tenant)
+    except MemoryServiceError as exc:
+        fail(exc)
+    if as_json:
+        _print_json(stats.to_dict())
+    else:
+        _print_tenant_stats([stats], False, f"Tenant {tenant}")
+
+
+@tenant_app.command("export")
+def tenant_export(
+    tenant: Annotated[str, typer.Argument(help="The tenant (assistant_id).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="The bundle file to write.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the bundle's manifest as JSON.")] = False,
+) -> None:
+    """Write the tenant's memory items (and vectors) and checkpoint threads to one bundle file."""
+    from pathlib import Path
+
+    from memory.db import connection
+    from memory.tenants import export_tenant
+
+    try:
+        with _open_service() as svc, connection(svc.pool) as conn, _Steps(as_json) as step:
+            manifest = export_tenant(conn, tenant, Path(out), on_step=step)
+    except MemoryServiceError as exc:
+        fail(exc)
+    if as_json:
+        _print_json(manifest)
+        return
+    rows = {name: meta["rows"] for name, meta in manifest["sections"].items()}
+    console.print(
+        f"exported {tenant} to {out}: {rows['items']} items, {rows['vectors']} vectors, {manifest['threads']} threads "
+        f"({rows['checkpoints']} checkpoints)",
+        markup=False, highlight=False, soft_wrap=True,
+    )
+
+
+@tenant_app.command("import")
+def tenant_import(
+    file: Annotated[str, typer.Argument(help="A bundle from `memory tenant export`.")],
+    as_tenant: Annotated[Optional[str], typer.Option("--as", help="Import as this tenant (a clone with new thread ids).")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="merge: keep the newer item; replace: remove the tenant's data first.")] = "merge",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Change nothing; print what would change.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
+) -> None:
+    """Verify a bundle and import it in one transaction; other tenants are never touched."""
+    from pathlib import Path
+
+    from memory.db import connection
+    from memory.tenants import import_tenant
+
+    try:
+        with _open_service() as svc, connection(svc.pool) as conn, _Steps(as_json) as step:
+            report = import_tenant(conn, Path(file), as_tenant=as_tenant, mode=mode, dry_run=dry_run, on_step=step)
+    except MemoryServiceError as exc:
+        fail(exc)
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    verb = "would import" if dry_run else "imported"
+    removed = f"removed {sum(report.removed.values())} rows first; " if report.removed else ""
+    console.print(
+        f"{verb} {report.source_tenant} as {report.tenant} ({report.mode}): {removed}items {report.items_inserted} new, "
+        f"{report.items_updated} updated, {report.items_kept} kept (newer here); {report.vectors} vectors; "
+        f"{report.threads} threads, {report.checkpoints_inserted} new checkpoints",
+        markup=False, highlight=False, soft_wrap=True,
+    )
+
+
+@tenant_app.command("delete")
+def tenant_delete(
+    tenant: Annotated[str, typer.Argument(help="The tenant (assistant_id) to erase.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm the erasure.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the receipt as JSON.")] = False,
+) -> None:
+    """Erase the tenant's memory items, vectors and checkpoint threads; record it in the erasure ledger."""
+    from memory.db import connection
+    from memory.tenancy import validate_tenant_id
+    from memory.tenants import delete_tenant
+
+    try:
+        validate_tenant_id(tenant, "tenant")
+        if not yes:
+            raise MemoryServiceError(f"erasing tenant {tenant!r} cannot be undone; pass --yes to confirm")
+        with _open_service() as svc, connection(svc.pool) as conn:
+            receipt = delete_tenant(conn, tenant)
+    except MemoryServiceError as exc:
+        fail(exc)
+    if as_json:
+        _print_json(receipt)
+        return
+    counts = ", ".join(f"{n} {name}" for name, n in receipt["counts"].items())
+    console.print(
+        f"erased tenant {receipt['tenant']} at {receipt['erased_at']} (receipt #{receipt['erasure_id']}): {counts}",
+        markup=False, highlight=False, soft_wrap=True,
+    )
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m memory`
