@@ -1,16 +1,18 @@
 """TTL cleanup: delete expired memory items (and their vectors) in bounded batches, per policy.
 
-`ttl_cleanup(conn, policy, now, dry_run)` makes two sweeps over the store, each in primary-key
-order, one transaction per batch of at most `batch_size` rows taken `FOR UPDATE SKIP LOCKED`:
+`ttl_cleanup(conn, policy, now, dry_run)` makes two sweeps, one transaction per batch of at most
+`batch_size` rows taken `FOR UPDATE SKIP LOCKED` (SQL in `memory.sql.TTL_BATCH`):
 
-1. *expiry*: rows whose `expires_at` (set on write from the policy) is at or before `now`;
-2. *policy*: rows of memory namespaces whose winning rule's TTL has passed since they were last
-   written (or read, with refresh on read) - how a policy change reaches existing rows.
+1. *by expiry*: rows whose `expires_at` (set on write from the policy) is at or before `now`,
+   walked along the store's expires_at index;
+2. *by policy* (when the policy expires anything): rows of memory namespaces whose winning
+   rule's TTL has passed since they were last written (or read, with refresh on read), walked
+   in primary-key order - how a policy change reaches rows written before it.
 
-Tenants under legal hold are never touched. A batch deletes its items' vectors and then the
-items in one transaction, so a run stopped or killed at any point leaves whole items only, and
-the next run picks up what is left. A dry run walks the same batches, deletes nothing, and
-reports what a real run would delete now. Every run is recorded in `memory_job_runs`.
+Tenants under legal hold are never touched. A batch deletes its items' vectors and the items in
+one statement, so a run stopped or killed at any point leaves whole items only, and the next run
+picks up what is left. A dry run takes the same rows without locking or deleting, and reports
+what a real run would delete now. Every run is recorded in `memory_job_runs`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
@@ -35,11 +37,11 @@ JOB = "ttl_cleanup"
 DEFAULT_BATCH_SIZE = 2000
 """Rows per transaction: short enough that writers barely wait, large enough to amortize."""
 
-SWEEPS: tuple[tuple[str, str, str], ...] = (
-    ("by_expiry", sql.TTL_EXPIRED_BATCH, sql.TTL_EXPIRED_LOCK_BATCH),
-    ("by_policy", sql.TTL_POLICY_BATCH, sql.TTL_POLICY_LOCK_BATCH),
-)
-"""(count name, dry-run query, locking query) of each sweep, in order."""
+SWEEPS = ("by_expiry", "by_policy")
+"""The two sweeps, in order; each one's count in the report is named after it."""
+
+START: dict[str, Any] = {"after_expires_at": datetime.min.replace(tzinfo=timezone.utc), "after_prefix": "", "after_key": ""}
+"""Where each sweep's walk starts (keyset positions before every row)."""
 
 
 class CleanupFailed(MemoryServiceError):
@@ -47,8 +49,9 @@ class CleanupFailed(MemoryServiceError):
 
 
 def _fetch(conn: psycopg.Connection, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    # Never a prepared statement: a generic plan cannot see how far along the walk is.
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query, params)
+        cur.execute(query, params, prepare=False)
         return cur.fetchall() if cur.description else []
 
 
@@ -81,10 +84,10 @@ def ttl_cleanup(
             report.counts.update({"items": 0, "vectors": 0, "batches": 0})
             has_vectors = bool(_fetch(conn, sql.STORE_VECTORS_PRESENT, {})[0]["present"])
             params = {"now": now, "tenant": tenant, "batch_size": batch_size, "suffix": suffix, **policy.sql_params()}
-            sweeps = SWEEPS if policy.expires_anything else SWEEPS[:1]
-            for name, dry_query, lock_query in sweeps:
-                report.counts.setdefault(name, 0)
-                after = ("", "")
+            for sweep in SWEEPS if policy.expires_anything else SWEEPS[:1]:
+                report.counts.setdefault(sweep, 0)
+                statement = sql.TTL_BATCH[(sweep, dry_run, has_vectors)]
+                position = dict(START)
                 while True:
                     if stop is not None and stop.is_set():
                         report.status = FAILED
@@ -93,23 +96,16 @@ def ttl_cleanup(
                             f"({report.counts['items']} items); the next run finishes the work"
                         )
                         return report
-                    rows = _batch(
-                        conn,
-                        report,
-                        dry_query if dry_run else lock_query,
-                        {**params, "after_prefix": after[0], "after_key": after[1]},
-                        dry_run=dry_run,
-                        has_vectors=has_vectors,
-                    )
+                    rows = _batch(conn, report, statement, {**params, **position}, dry_run=dry_run)
                     if not rows:
                         break
-                    report.bump(name, len(rows))
+                    report.bump(sweep, sum(row["items"] for row in rows))
                     report.bump("batches")
                     if on_batch is not None:
                         on_batch(report)
-                    if len(rows) < batch_size:
+                    if rows[0]["taken"] < batch_size:
                         break
-                    after = (rows[-1]["prefix"], rows[-1]["key"])
+                    position = {name: rows[0][name] for name in START}
             return report
     except psycopg.errors.UndefinedTable as exc:
         raise CleanupFailed(
@@ -120,30 +116,18 @@ def ttl_cleanup(
 
 
 def _batch(
-    conn: psycopg.Connection,
-    report: JobReport,
-    query: str,
-    params: dict[str, Any],
-    *,
-    dry_run: bool,
-    has_vectors: bool,
+    conn: psycopg.Connection, report: JobReport, statement: str, params: dict[str, Any], *, dry_run: bool
 ) -> list[dict[str, Any]]:
-    """One transaction: take a batch of rows, delete their vectors and them (or count, dry)."""
+    """One transaction: take a batch, delete its vectors and items (or count them, dry), per tenant."""
     started = time.perf_counter()
-    vectors: list[dict[str, Any]] = []
     with conn.transaction():
-        rows = _fetch(conn, query, params)
-        if rows:
-            doomed = {"prefixes": [row["prefix"] for row in rows], "keys": [row["key"] for row in rows]}
-            if has_vectors:
-                vectors = _fetch(conn, sql.TTL_COUNT_BATCH_VECTORS if dry_run else sql.TTL_DELETE_BATCH_VECTORS, doomed)
-            if not dry_run:
-                deleted = conn.execute(sql.TTL_DELETE_BATCH_ITEMS, doomed).rowcount
-                if deleted != len(rows):  # rows are locked: anything else is a bug, roll back
-                    raise CleanupFailed(f"{JOB}: locked {len(rows)} rows but deleted {deleted}; rolled back")
+        rows = _fetch(conn, statement, params)
+        taken = rows[0]["taken"] if rows else 0
+        deleted = sum(row["items"] for row in rows)
+        if deleted != taken:  # the rows are locked: anything else is a bug, so roll back
+            raise CleanupFailed(f"{JOB}: took {taken} rows but {'counted' if dry_run else 'deleted'} {deleted}; rolled back")
     report.longest_transaction_s = max(report.longest_transaction_s, time.perf_counter() - started)
     for row in rows:
-        report.add(row["tenant"], "items")
-    for row in vectors:
+        report.add(row["tenant"], "items", row["items"])
         report.add(row["tenant"], "vectors", row["vectors"])
     return rows

@@ -178,10 +178,22 @@ def _first_error(stderr: bytes) -> str:
     return lines[0] if lines else "failed without a message"
 
 
-def present_tables(conn: psycopg.Connection, tables: Iterable[str] = SERVICE_TABLES) -> list[str]:
-    """The service tables that exist in the connection's current schema, in SERVICE_TABLES order."""
+def target_schema(conn: psycopg.Connection) -> str:
+    """The schema the connection's search_path names first (even before it exists), else current_schema()."""
+    path = conn.execute(sql.SEARCH_PATH).fetchone()["search_path"] or ""
+    first = path.split(",")[0].strip().strip('"')
+    if first and first != "$user":
+        return first
+    return conn.execute(sql.BACKUP_CURRENT_SCHEMA).fetchone()["schema"] or "public"
+
+
+def present_tables(
+    conn: psycopg.Connection, tables: Iterable[str] = SERVICE_TABLES, schema: str | None = None
+) -> list[str]:
+    """The service tables that exist in `schema` (default: the search_path's first), in SERVICE_TABLES order."""
     wanted = list(tables)
-    found = {row["name"] for row in conn.execute(sql.BACKUP_TABLES_PRESENT, {"tables": wanted}).fetchall()}
+    params = {"tables": wanted, "schema": schema or target_schema(conn)}
+    found = {row["name"] for row in conn.execute(sql.BACKUP_TABLES_PRESENT, params).fetchall()}
     return [t for t in wanted if t in found]
 
 
@@ -216,8 +228,8 @@ def create_backup(url: str, out_dir: Path, *, keep: int | None = None, on_step: 
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ  # one snapshot for counts and dump
         conn.read_only = True
         snap = conn.execute(sql.BACKUP_SNAPSHOT).fetchone()
-        schema = conn.execute(sql.BACKUP_CURRENT_SCHEMA).fetchone()["schema"]
-        tables = present_tables(conn)
+        schema = target_schema(conn)
+        tables = present_tables(conn, schema=schema)
         if "store" not in tables or "checkpoints" not in tables:
             raise BackupError(f"{describe_url(url)} has no service tables in schema {schema!r}; run `memory db upgrade` first")
         _say(on_step, "counting rows")
@@ -359,13 +371,13 @@ def restore_backup(
     where = describe_url(target_url)
     with _connect(target_url, autocommit=True) as conn:
         server_major = conn.info.server_version // 10000
-        schema = conn.execute(sql.BACKUP_CURRENT_SCHEMA).fetchone()["schema"] or manifest.schema
+        schema = target_schema(conn)
         if schema != manifest.schema:
             raise BackupError(
                 f"the backup holds schema {manifest.schema!r} but {where} uses {schema!r}; "
                 f"set [database] schema = {manifest.schema!r} for the restore; nothing was changed"
             )
-        existing = present_tables(conn)
+        existing = present_tables(conn, schema=schema)
         nonempty = _target_has_rows(conn, existing)
         if nonempty and not force:
             raise BackupError(
@@ -472,9 +484,39 @@ def erase_statements(tenant: str, vectors: bool) -> list[tuple[str, dict[str, An
     return statements
 
 
-def default_out_dir(settings: Any) -> Path:
-    return Path(settings.backup_dir)
+# -- the scheduled job ------------------------------------------------------------------------
+
+BACKUP_JOB = "backup"
+"""The job's name in `memory_job_runs` and `[schedule] backup`."""
 
 
-def now_utc() -> datetime:
-    return datetime.now(timezone.utc)
+def backup_job(
+    conn: psycopg.Connection,
+    url: str,
+    out_dir: Path,
+    keep: int,
+    *,
+    dry_run: bool = False,
+    tenant: str | None = None,
+    stop: Any = None,
+    on_batch: Any = None,
+):
+    """One backup under the job's advisory lock, recorded in `memory_job_runs`, pruned to `keep`.
+
+    `conn` is an autocommit connection to the same database as `url` (pg_dump needs the URL).
+    A dry run takes no backup; it counts the backups a real run would prune.
+    """
+    from jobs import runs
+
+    if tenant is not None:
+        raise ValueError("a backup holds every tenant; --tenant does not apply (use `memory tenant export T -o FILE`)")
+    with runs.recorded_run(conn, BACKUP_JOB, dry_run=dry_run) as report:
+        if dry_run:
+            report.counts["would_prune"] = max(0, len(list_backups(out_dir)) + 1 - keep)
+            return report
+        manifest = create_backup(url, out_dir)
+        report.counts.update(
+            {"tables": len(manifest.tables), "rows": sum(manifest.tables.values()), "bytes": manifest.size,
+             "pruned": len(prune(out_dir, keep))}
+        )
+    return report

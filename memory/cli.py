@@ -342,6 +342,21 @@ class _Steps:
             self.status.stop()
 
 
+class _ToolErrors:
+    """Driver errors in backup and tenant commands become one `MemoryServiceError` line."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, exc, tb) -> None:
+        import psycopg
+
+        if isinstance(exc, psycopg.Error):
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            hint = "; run `memory db upgrade` first" if isinstance(exc, psycopg.errors.UndefinedTable) else ""
+            raise MemoryServiceError(f"database error: {reason}{hint}") from exc
+
+
 def _load_settings():
     from memory.settings import MemorySettings
 
@@ -363,7 +378,7 @@ def backup_create(
     from memory.backup import create_backup
 
     try:
-        with _open_service() as svc, _Steps(as_json) as step:
+        with _ToolErrors(), _open_service() as svc, _Steps(as_json) as step:
             manifest = create_backup(
                 svc.database_url, Path(out) if out else svc.settings.backup_dir, keep=svc.settings.backup_keep, on_step=step
             )
@@ -445,10 +460,10 @@ def backup_restore(
         if target:
             settings = _load_settings()
             url = migrations.schema_url(target, settings.database_schema)
-            with _Steps(as_json) as step:
+            with _ToolErrors(), _Steps(as_json) as step:
                 report = restore_backup(Path(file), url, force=force, on_step=step)
         else:
-            with _open_service() as svc, _Steps(as_json) as step:
+            with _ToolErrors(), _open_service() as svc, _Steps(as_json) as step:
                 report = restore_backup(
                     Path(file), svc.database_url, force=force, on_step=step, upgrade=lambda _url: svc.setup()
                 )
@@ -473,7 +488,7 @@ def tenant_list(as_json: Annotated[bool, typer.Option("--json", help="Print the 
     from memory.tenants import list_tenants
 
     try:
-        with _open_service() as svc, connection(svc.pool) as conn:
+        with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn:
             stats = list_tenants(conn)
     except MemoryServiceError as exc:
         fail(exc)
@@ -502,7 +517,7 @@ def tenant_stats_cmd(
     from memory.tenants import tenant_stats
 
     try:
-        with _open_service() as svc, connection(svc.pool) as conn:
+        with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn:
             stats = tenant_stats(conn, tenant)
     except MemoryServiceError as exc:
         fail(exc)
@@ -525,7 +540,7 @@ def tenant_export(
     from memory.tenants import export_tenant
 
     try:
-        with _open_service() as svc, connection(svc.pool) as conn, _Steps(as_json) as step:
+        with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn, _Steps(as_json) as step:
             manifest = export_tenant(conn, tenant, Path(out), on_step=step)
     except MemoryServiceError as exc:
         fail(exc)
@@ -555,7 +570,7 @@ def tenant_import(
     from memory.tenants import import_tenant
 
     try:
-        with _open_service() as svc, connection(svc.pool) as conn, _Steps(as_json) as step:
+        with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn, _Steps(as_json) as step:
             report = import_tenant(conn, Path(file), as_tenant=as_tenant, mode=mode, dry_run=dry_run, on_step=step)
     except MemoryServiceError as exc:
         fail(exc)
@@ -587,7 +602,7 @@ def tenant_delete(
         validate_tenant_id(tenant, "tenant")
         if not yes:
             raise MemoryServiceError(f"erasing tenant {tenant!r} cannot be undone; pass --yes to confirm")
-        with _open_service() as svc, connection(svc.pool) as conn:
+        with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn:
             receipt = delete_tenant(conn, tenant)
     except MemoryServiceError as exc:
         fail(exc)

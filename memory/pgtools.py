@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,7 +112,3 @@ def sibling(tool: PgTool, name: str) -> PgTool:
     if version is not None:
         return PgTool(name, path, version[0], version[1])
     return find_tool(name, tool.major)
-
-
-def which(name: str) -> str | None:
-    return shutil.which(name)

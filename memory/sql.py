@@ -148,85 +148,146 @@ SELECT 1
 """
 
 # -- retention: TTL cleanup (jobs/ttl_cleanup.py) -----------------------------------------
-# Two sweeps walk the store in primary-key order (keyset on `after_prefix`, `after_key`), one
-# batch of at most `batch_size` rows per transaction. `tenant` (NULL: every tenant) narrows to
-# one tenant; tenants in `held` (legal hold) are never touched. The tenant is the first label.
-# Each *_BATCH query is the dry run's; *_LOCK_BATCH takes the same rows FOR UPDATE SKIP LOCKED,
-# so a row a writer holds is left for the next run and a row a writer just refreshed is skipped.
+# Two sweeps, each a loop of batch statements, one transaction per batch of at most `batch_size`
+# rows. `tenant` (NULL: every tenant) narrows to one tenant; tenants in `held` (legal hold) are
+# never touched; the tenant is a namespace's first label. A batch statement takes its rows
+# (FOR UPDATE SKIP LOCKED: a row a writer holds is left for the next run, and a row a writer
+# just renewed no longer matches), deletes their vectors and then them, and returns one row per
+# tenant (items, vectors) plus where the next batch starts (`after_*`) and how many rows it took.
+# The dry-run statements take the same rows without locking or deleting anything.
 
-_TTL_BATCH_SCOPE = """
-   AND (s.prefix, s.key) > (%(after_prefix)s::text, %(after_key)s::text)
+_TTL_SCOPE = """
    AND (%(tenant)s::text IS NULL OR split_part(s.prefix, '.', 1) = %(tenant)s::text)
-   AND split_part(s.prefix, '.', 1) <> ALL (%(held)s::text[])
- ORDER BY s.prefix, s.key
- LIMIT %(batch_size)s"""
+   AND split_part(s.prefix, '.', 1) <> ALL (%(held)s::text[])"""
 
-# Sweep 1: rows whose own expiry (set on write from the policy) has passed, in any namespace.
-TTL_EXPIRED_BATCH = f"""
-SELECT s.prefix, s.key, split_part(s.prefix, '.', 1) AS tenant
-  FROM store s
- WHERE s.expires_at <= %(now)s{_TTL_BATCH_SCOPE}"""
+# Sweep 1, by expiry: rows of any namespace whose expires_at (set on write from the policy) has
+# passed, walked along idx_store_expires_at from `after_expires_at` (inclusive: the rows taken
+# before are gone). A dry run deletes nothing, so it walks the primary key instead.
+_TTL_EXPIRED_ROWS = f"""
+    SELECT s.ctid AS row_id, s.prefix, s.key, s.expires_at
+      FROM store s
+     WHERE s.expires_at <= %(now)s
+       AND s.expires_at >= %(after_expires_at)s{_TTL_SCOPE}
+     ORDER BY s.expires_at
+     LIMIT %(batch_size)s"""
 
-TTL_EXPIRED_LOCK_BATCH = TTL_EXPIRED_BATCH + "\n   FOR UPDATE OF s SKIP LOCKED"
+_TTL_EXPIRED_ROWS_DRY = f"""
+    SELECT s.ctid AS row_id, s.prefix, s.key, s.expires_at
+      FROM store s
+     WHERE s.expires_at <= %(now)s
+       AND (s.prefix, s.key) > (%(after_prefix)s::text, %(after_key)s::text){_TTL_SCOPE}
+     ORDER BY s.prefix, s.key
+     LIMIT %(batch_size)s"""
 
-# Sweep 2: the policy applied to rows of memory namespaces (ending in `suffix`) that are not
-# expired by their own expires_at: the first matching rule (arrays ordered most specific first,
-# the default last) gives the TTL; a row last written (or, with refresh on read, last read:
-# expires_at - ttl_minutes) longer ago than that TTL goes. This is how a policy change reaches
-# rows written before it, and rows written with no expiry.
-TTL_POLICY_BATCH = f"""
-WITH rules AS (
+# Sweep 2, by policy: rows of memory namespaces (ending in `suffix`) not expired by their own
+# expires_at. The first matching rule (arrays ordered most specific first, the default last)
+# gives the TTL; a row last written (or, with refresh on read, last read: expires_at minus
+# ttl_minutes) longer ago than that goes. This is how a policy change reaches rows written
+# before it, or written with no expiry. Walked in primary-key order from (after_prefix, after_key).
+_TTL_RULES = """
+rules AS (
     SELECT r.tenant, r.key_prefix, r.ttl_seconds, r.position
       FROM unnest(%(rule_tenants)s::text[], %(rule_key_prefixes)s::text[], %(rule_ttl_seconds)s::float8[])
            WITH ORDINALITY AS r(tenant, key_prefix, ttl_seconds, position)
-)
-SELECT s.prefix, s.key, split_part(s.prefix, '.', 1) AS tenant
-  FROM store s
- CROSS JOIN LATERAL (
-        SELECT r.ttl_seconds
-          FROM rules r
-         WHERE (r.tenant IS NULL OR r.tenant = split_part(s.prefix, '.', 1))
-           AND starts_with(s.key, r.key_prefix)
-         ORDER BY r.position
-         LIMIT 1) AS rule
- WHERE right(s.prefix, char_length(%(suffix)s::text) + 1) = '.' || %(suffix)s::text
-   AND (s.expires_at IS NULL OR s.expires_at > %(now)s)
-   AND rule.ttl_seconds IS NOT NULL
-   AND CASE WHEN s.expires_at IS NOT NULL AND s.ttl_minutes IS NOT NULL
-            THEN s.expires_at - make_interval(mins => s.ttl_minutes)
-            ELSE s.updated_at END
-       <= %(now)s - make_interval(secs => rule.ttl_seconds){_TTL_BATCH_SCOPE}"""
+),"""
 
-TTL_POLICY_LOCK_BATCH = TTL_POLICY_BATCH + "\n   FOR UPDATE OF s SKIP LOCKED"
+_TTL_POLICY_ROWS = f"""
+    SELECT s.ctid AS row_id, s.prefix, s.key, s.expires_at
+      FROM store s
+     CROSS JOIN LATERAL (
+            SELECT r.ttl_seconds
+              FROM rules r
+             WHERE (r.tenant IS NULL OR r.tenant = split_part(s.prefix, '.', 1))
+               AND starts_with(s.key, r.key_prefix)
+             ORDER BY r.position
+             LIMIT 1) AS rule
+     WHERE right(s.prefix, char_length(%(suffix)s::text) + 1) = '.' || %(suffix)s::text
+       AND (s.prefix, s.key) > (%(after_prefix)s::text, %(after_key)s::text)
+       AND (s.expires_at IS NULL OR s.expires_at > %(now)s)
+       AND rule.ttl_seconds IS NOT NULL
+       AND CASE WHEN s.expires_at IS NOT NULL AND s.ttl_minutes IS NOT NULL
+                THEN s.expires_at - make_interval(mins => s.ttl_minutes)
+                ELSE s.updated_at END
+           <= %(now)s - make_interval(secs => rule.ttl_seconds){_TTL_SCOPE}
+     ORDER BY s.prefix, s.key
+     LIMIT %(batch_size)s"""
 
-# A batch's rows, as parallel arrays `prefixes`, `keys`: vectors first, then the items.
+_TTL_LOCK = """
+       FOR UPDATE OF s SKIP LOCKED"""
+
+_TTL_DELETE_VECTORS = """
+vectors AS (
+    DELETE FROM store_vectors v USING batch b
+     WHERE v.prefix = b.prefix AND v.key = b.key
+    RETURNING v.prefix
+),"""
+
+_TTL_COUNT_VECTORS = """
+vectors AS (
+    SELECT v.prefix FROM store_vectors v JOIN batch b ON v.prefix = b.prefix AND v.key = b.key
+),"""
+
+_TTL_NO_VECTORS = """
+vectors AS (
+    SELECT NULL::text AS prefix WHERE false
+),"""
+
+_TTL_DELETE_ITEMS = """
+items AS (
+    DELETE FROM store s USING batch b WHERE s.ctid = b.row_id RETURNING s.prefix
+)"""
+
+_TTL_COUNT_ITEMS = """
+items AS (
+    SELECT prefix FROM batch
+)"""
+
+_TTL_REPORT = """
+SELECT t.tenant, t.items, coalesce(v.vectors, 0) AS vectors,
+       (SELECT count(*) FROM batch) AS taken,
+       (SELECT max(expires_at) FROM batch) AS after_expires_at,
+       (SELECT prefix FROM batch ORDER BY prefix DESC, key DESC LIMIT 1) AS after_prefix,
+       (SELECT key FROM batch ORDER BY prefix DESC, key DESC LIMIT 1) AS after_key
+  FROM (SELECT split_part(prefix, '.', 1) AS tenant, count(*) AS items FROM items GROUP BY 1) AS t
+  LEFT JOIN (SELECT split_part(prefix, '.', 1) AS tenant, count(*) AS vectors FROM vectors GROUP BY 1) AS v
+       USING (tenant)
+"""
+
+
+def _ttl_batch(rows: str, *, rules: bool, dry_run: bool, vectors: bool) -> str:
+    """One batch statement from the fragments above (built once, at import)."""
+    if vectors:
+        vector_part = _TTL_COUNT_VECTORS if dry_run else _TTL_DELETE_VECTORS
+    else:
+        vector_part = _TTL_NO_VECTORS
+    return (
+        "WITH"
+        + (_TTL_RULES if rules else "")
+        + "\nbatch AS ("
+        + rows
+        + ("" if dry_run else _TTL_LOCK)
+        + "\n),"
+        + vector_part
+        + (_TTL_COUNT_ITEMS if dry_run else _TTL_DELETE_ITEMS)
+        + _TTL_REPORT
+    )
+
+
+# By sweep ("by_expiry", "by_policy"), dry run, store_vectors present: the batch statement.
+TTL_BATCH = {
+    (sweep, dry_run, vectors): _ttl_batch(rows, rules=rules, dry_run=dry_run, vectors=vectors)
+    for sweep, dry_run, rows, rules in (
+        ("by_expiry", False, _TTL_EXPIRED_ROWS, False),
+        ("by_expiry", True, _TTL_EXPIRED_ROWS_DRY, False),
+        ("by_policy", False, _TTL_POLICY_ROWS, True),
+        ("by_policy", True, _TTL_POLICY_ROWS, True),
+    )
+    for vectors in (False, True)
+}
+
 DATABASE_NOW = "SELECT now() AS now"
 
 STORE_VECTORS_PRESENT = "SELECT to_regclass('store_vectors') IS NOT NULL AS present"
-
-TTL_COUNT_BATCH_VECTORS = """
-SELECT split_part(v.prefix, '.', 1) AS tenant, count(*) AS vectors
-  FROM store_vectors v
-  JOIN unnest(%(prefixes)s::text[], %(keys)s::text[]) AS d(prefix, key)
-    ON v.prefix = d.prefix AND v.key = d.key
- GROUP BY 1
-"""
-
-TTL_DELETE_BATCH_VECTORS = """
-WITH gone AS (
-    DELETE FROM store_vectors v
-     USING unnest(%(prefixes)s::text[], %(keys)s::text[]) AS d(prefix, key)
-     WHERE v.prefix = d.prefix AND v.key = d.key
-    RETURNING v.prefix
-)
-SELECT split_part(prefix, '.', 1) AS tenant, count(*) AS vectors FROM gone GROUP BY 1
-"""
-
-TTL_DELETE_BATCH_ITEMS = """
-DELETE FROM store s
- USING unnest(%(prefixes)s::text[], %(keys)s::text[]) AS d(prefix, key)
- WHERE s.prefix = d.prefix AND s.key = d.key
-"""
 
 # -- job runs (jobs/runs.py) ----------------------------------------------------------------
 # One session-level advisory lock per job (`lock_name` like 'memory:ttl_cleanup'): held for the
@@ -297,7 +358,7 @@ BACKUP_TABLES_PRESENT = """
 SELECT c.relname AS name
   FROM pg_class c
   JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') AND c.relname = ANY(%(tables)s)
+ WHERE n.nspname = %(schema)s AND c.relkind IN ('r', 'p') AND c.relname = ANY(%(tables)s)
 """
 BACKUP_CURRENT_SCHEMA = "SELECT current_schema() AS schema"
 BACKUP_SNAPSHOT = "SELECT pg_export_snapshot() AS snapshot, now() AS now, current_setting('server_version') AS server_version"
@@ -335,13 +396,14 @@ WITH items AS (
            sum(octet_length(value::text)) AS bytes, max(updated_at) AS last_write
       FROM store GROUP BY 1
 ), threads AS (
-    SELECT metadata->>'assistant_id' AS tenant, count(DISTINCT thread_id) AS threads, count(*) AS checkpoints
+    SELECT metadata->>'assistant_id' AS tenant, count(DISTINCT thread_id) AS threads, count(*) AS checkpoints,
+           max(checkpoint->>'ts') AS last_checkpoint
       FROM checkpoints WHERE metadata ? 'assistant_id' GROUP BY 1
 )
 SELECT coalesce(i.tenant, t.tenant) AS tenant, coalesce(i.items, 0) AS items, coalesce(i.bytes, 0) AS bytes,
-       coalesce(t.threads, 0) AS threads, coalesce(t.checkpoints, 0) AS checkpoints, i.last_write
+       coalesce(t.threads, 0) AS threads, coalesce(t.checkpoints, 0) AS checkpoints, i.last_write, t.last_checkpoint
   FROM items i FULL JOIN threads t ON t.tenant = i.tenant
- ORDER BY 1
+ ORDER BY coalesce(i.tenant, t.tenant) COLLATE "C"
 """
 TENANT_ITEM_STATS = f"""
 SELECT count(*) AS items, coalesce(sum(octet_length(value::text)), 0) AS bytes, max(updated_at) AS last_write

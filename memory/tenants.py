@@ -101,16 +101,24 @@ def list_tenants(conn: psycopg.Connection) -> list[TenantStats]:
     """Every tenant holding memory items or checkpoint threads."""
     rows = conn.execute(sql.TENANT_LIST).fetchall()
     return [
-        TenantStats(r["tenant"], r["items"], int(r["bytes"]), r["threads"], r["checkpoints"], _iso(r["last_write"]))
+        TenantStats(
+            r["tenant"], r["items"], int(r["bytes"]), r["threads"], r["checkpoints"],
+            _last(r["last_write"], r["last_checkpoint"]),
+        )
         for r in rows
     ]
+
+
+def _last(item_write: Any, checkpoint_ts: str | None) -> str | None:
+    """The later of the newest item write and the newest checkpoint (both ISO 8601 UTC)."""
+    return max(filter(None, [_iso(item_write), checkpoint_ts]), default=None)
 
 
 def tenant_stats(conn: psycopg.Connection, tenant: str) -> TenantStats:
     params = tenant_params(tenant)
     items = conn.execute(sql.TENANT_ITEM_STATS, params).fetchone()
     threads = conn.execute(sql.TENANT_THREAD_STATS, params).fetchone()
-    last = max(filter(None, [_iso(items["last_write"]), threads["last_checkpoint"]]), default=None)
+    last = _last(items["last_write"], threads["last_checkpoint"])
     return TenantStats(params["tenant"], items["items"], int(items["bytes"]), threads["threads"], threads["checkpoints"], last)
 
 

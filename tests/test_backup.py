@@ -193,3 +193,58 @@ def test_cli_backup_create_list_verify_restore(service, pg_server, tmp_path, mon
         assert checksums(target) == checksums(service.database_url)
     finally:
         pg_server.drop_database(name)
+
+
+def test_backup_restore_with_pgvector_rows(embedded_server, tmp_path):
+    source_name, source = empty_database(embedded_server)
+    target_name, target = empty_database(embedded_server)
+    try:
+        with MemoryService.open(database_url=source, database_pool_max_size=4, index_dims=8, index_embed="fake") as svc:
+            svc.setup()
+            populate(svc)
+            before = checksums(source)
+            assert before["store_vectors"][0] == 4
+            manifest = create_backup(source, tmp_path)
+        assert manifest.tables["store_vectors"] == 4
+        restore_backup(tmp_path / manifest.file, target)
+        assert checksums(target) == before
+    finally:
+        embedded_server.drop_database(source_name)
+        embedded_server.drop_database(target_name)
+
+
+def test_backup_job_is_recorded_and_prunes(service, tmp_path):
+    with connection(service.pool) as conn:
+        first = backup.backup_job(conn, service.database_url, tmp_path, keep=1)
+        second = backup.backup_job(conn, service.database_url, tmp_path, keep=1)
+        dry = backup.backup_job(conn, service.database_url, tmp_path, keep=1, dry_run=True)
+        recorded = conn.execute(
+            "SELECT status, dry_run, counts FROM memory_job_runs WHERE job = 'backup' ORDER BY id"
+        ).fetchall()
+    assert first.status == second.status == "succeeded" and second.counts["pruned"] == 1
+    assert dry.counts["would_prune"] == 1 and len(list_backups(tmp_path)) == 1
+    assert [(r["status"], r["dry_run"]) for r in recorded] == [("succeeded", False)] * 2 + [("succeeded", True)]
+    assert recorded[1]["counts"]["rows"] == second.counts["rows"]
+
+
+def test_backup_restore_in_a_named_schema(embedded_server, tmp_path):
+    from memory.migrations import schema_url
+
+    source_name, source = empty_database(embedded_server)
+    target_name, target = empty_database(embedded_server)
+    try:
+        with MemoryService.open(database_url=source, database_schema="mem", database_pool_max_size=4) as svc:
+            svc.setup()
+            populate(svc)
+            manifest = create_backup(svc.database_url, tmp_path)
+            before = checksums(svc.database_url)
+        assert manifest.schema == "mem" and before["store"][0] == 4
+        with pytest.raises(BackupError, match="holds schema 'mem'"):
+            restore_backup(tmp_path / manifest.file, target)
+        restore_backup(tmp_path / manifest.file, schema_url(target, "mem"))
+        assert checksums(schema_url(target, "mem")) == before
+        with psycopg.connect(target) as conn:
+            assert conn.execute("SELECT to_regclass('public.store')").fetchone()[0] is None
+    finally:
+        embedded_server.drop_database(source_name)
+        embedded_server.drop_database(target_name)
