@@ -204,7 +204,7 @@ def _print_report(report, as_json: bool) -> None:
     counts = report.counts
     verb = "would delete" if report.dry_run else "deleted"
     if report.tenant_counts:
-        table = Table(title=f"{report.job}{' (dry run)' if report.dry_run else ''}: {verb} per tenant")
+        table = Table(title=f"{verb} per tenant")
         for column in ("tenant", "items", "vectors"):
             table.add_column(column)
         for tenant, per in sorted(report.tenant_counts.items()):
@@ -212,9 +212,11 @@ def _print_report(report, as_json: bool) -> None:
         console.print(table)
     status = "[green]succeeded[/]" if report.status == "succeeded" else f"[red]{report.status}[/]"
     console.print(
-        f"{report.job} run {report.run_id} {status}: {verb} {counts.get('items', 0)} items "
-        f"({counts.get('by_expiry', 0)} expired, {counts.get('by_policy', 0)} past their policy TTL) "
-        f"and {counts.get('vectors', 0)} vectors in {counts.get('batches', 0)} batches, {report.duration_s or 0:.2f}s"
+        f"{report.job} run {report.run_id}{' (dry run)' if report.dry_run else ''} {status}: "
+        f"{verb} {counts.get('items', 0)} items ({counts.get('by_expiry', 0)} expired, "
+        f"{counts.get('by_policy', 0)} past their policy TTL) and {counts.get('vectors', 0)} vectors "
+        f"in {counts.get('batches', 0)} batches, {report.duration_s or 0:.2f}s",
+        soft_wrap=True,
     )
     if report.error:
         err_console.print(f"error: {report.error}", markup=False, highlight=False, soft_wrap=True)
@@ -265,6 +267,8 @@ def jobs_history(
     as_json: Annotated[bool, typer.Option("--json", help="Print the runs as JSON.")] = False,
 ) -> None:
     """Past job runs from memory_job_runs (every replica's), newest first."""
+    from datetime import timezone
+
     import psycopg
 
     from jobs import runs
@@ -281,14 +285,14 @@ def jobs_history(
     if as_json:
         print(json.dumps([r.to_dict() for r in reports], indent=2))
         return
-    table = Table(title="Job runs")
-    for column in ("id", "job", "started (UTC)", "duration", "status", "dry run", "items", "vectors", "host", "error"):
-        table.add_column(column)
+    table = Table(title="Job runs (newest first; --json for hosts and per-tenant counts)")
+    for column in ("id", "job", "started UTC", "took", "status", "items", "error"):
+        table.add_column(column, overflow="fold")
     for r in reports:
         table.add_row(
-            str(r.run_id), r.job, r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-            f"{r.duration_s:.2f}s" if r.duration_s is not None else "-", r.status, "yes" if r.dry_run else "",
-            str(r.counts.get("items", 0)), str(r.counts.get("vectors", 0)), r.host, r.error or "",
+            str(r.run_id), r.job, r.started_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+            f"{r.duration_s:.2f}s" if r.duration_s is not None else "-",
+            r.status + (" (dry)" if r.dry_run else ""), str(r.counts.get("items", 0)), r.error or "",
         )
     console.print(table)
 
@@ -305,6 +309,7 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    _quiet_alembic()  # /ready reads the schema revision on every probe
 
     def announce(url: str, jobs) -> None:
         scheduled = ", ".join(f"{job.name} ({job.schedule})" for job in jobs) or "none"

@@ -40,6 +40,11 @@ def _labels(**labels: str) -> str:
     return "{" + inner + "}"
 
 
+def _number(value: float) -> str:
+    """Prometheus sample value: integers as such, floats at full precision (timestamps!)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
@@ -53,7 +58,7 @@ def render_metrics(metrics: JobMetrics, jobs: list[str], last_success: dict[str,
         lines.append(f"# HELP {name} {help_text}")
         lines.append(f"# TYPE {name} {kind}")
         for labels, value in samples:
-            lines.append(f"{name}{_labels(**labels) if labels else ''} {value:g}")
+            lines.append(f"{name}{_labels(**labels) if labels else ''} {_number(value)}")
 
     family("memory_database_up", "gauge", "1 when the database answered the last check.", [({}, 1.0 if database_up else 0.0)])
     family(
@@ -77,7 +82,7 @@ def render_metrics(metrics: JobMetrics, jobs: list[str], last_success: dict[str,
     lines.append("# HELP memory_job_duration_seconds Duration of this process's job runs.")
     lines.append("# TYPE memory_job_duration_seconds summary")
     for job in jobs:
-        lines.append(f"memory_job_duration_seconds_sum{_labels(job=job)} {snap.duration_sum.get(job, 0.0):g}")
+        lines.append(f"memory_job_duration_seconds_sum{_labels(job=job)} {_number(snap.duration_sum.get(job, 0.0))}")
         lines.append(f"memory_job_duration_seconds_count{_labels(job=job)} {snap.duration_count.get(job, 0)}")
     family(
         "memory_job_last_duration_seconds",

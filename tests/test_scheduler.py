@@ -109,7 +109,7 @@ def test_two_schedulers_on_one_database_run_the_job_once_per_tick(database_url):
         MemoryService.open(database_url=database_url, database_pool_max_size=3) as svc_b,
     ):
         schedulers = [
-            JobScheduler(svc.pool, [_job(svc.settings, every_2s)], misfire_grace_s=1) for svc in (svc_a, svc_b)
+            JobScheduler(svc.pool, [_job(svc.settings, every_2s)], misfire_grace_s=2) for svc in (svc_a, svc_b)
         ]
         for scheduler in schedulers:
             scheduler.start()
@@ -123,7 +123,7 @@ def test_two_schedulers_on_one_database_run_the_job_once_per_tick(database_url):
         rows = conn.execute(RUNS, {"job": JOB}).fetchall()
         remaining = conn.execute(STORE_COUNT).fetchone()["n"]
     ticks = [row["started_at"].replace(microsecond=0) - timedelta(seconds=row["started_at"].second % 2) for row in rows]
-    assert len(rows) >= 3
+    assert len(rows) >= 2
     assert len(set(ticks)) == len(ticks), f"a tick ran twice: {ticks}"
     assert all(row["status"] == "succeeded" and not row["dry_run"] for row in rows)
     assert sum(row["counts"]["items"] for row in rows) == 500 and remaining == 0
