@@ -47,8 +47,11 @@ class JobRunner(Protocol):
     ) -> JobReport: ...
 
 
-def job_runners(settings: Any) -> dict[str, JobRunner]:
-    """Each job by name, bound to its settings (the edge reads settings; jobs take plain values)."""
+def job_runners(settings: Any, database_url: str | None = None) -> dict[str, JobRunner]:
+    """Each job by name, bound to its settings (the edge reads settings; jobs take plain values).
+
+    The backup job needs the database URL (pg_dump connects on its own), so it is there only with one.
+    """
     policy = settings.retention_policy()
 
     def run_ttl_cleanup(
@@ -71,7 +74,16 @@ def job_runners(settings: Any) -> dict[str, JobRunner]:
             on_batch=on_batch,
         )
 
-    return {TTL_CLEANUP: run_ttl_cleanup}
+    runners: dict[str, JobRunner] = {TTL_CLEANUP: run_ttl_cleanup}
+    if database_url:
+        from memory.backup import backup_job
+
+        def run_backup(conn: psycopg.Connection, *, dry_run: bool = False, tenant: str | None = None,
+                       stop: threading.Event | None = None, on_batch: Callable[[JobReport], None] | None = None) -> JobReport:
+            return backup_job(conn, database_url, settings.backup_dir, settings.backup_keep, dry_run=dry_run, tenant=tenant)
+
+        runners["backup"] = run_backup
+    return runners
 
 
 def cron(expression: str) -> CronTrigger:
@@ -88,10 +100,10 @@ class ScheduledJob:
     """The crontab it came from, for display."""
 
 
-def scheduled_jobs(settings: Any) -> list[ScheduledJob]:
+def scheduled_jobs(settings: Any, database_url: str | None = None) -> list[ScheduledJob]:
     """The jobs `[schedule]` enables (an empty crontab disables one); jobs not built yet are left out."""
     jobs = []
-    for name, runner in job_runners(settings).items():
+    for name, runner in job_runners(settings, database_url).items():
         expression = getattr(settings, f"schedule_{name}", "")
         if expression.strip():
             jobs.append(ScheduledJob(name, cron(expression), runner, expression))

@@ -187,7 +187,7 @@ def db_downgrade(
 
 # -- jobs and serve ---------------------------------------------------------------------------
 
-JOB_NAMES = ("ttl-cleanup",)
+JOB_NAMES = ("ttl-cleanup", "backup")
 """Jobs `memory jobs run` knows (CLI spelling; recorded in memory_job_runs as ttl_cleanup)."""
 
 
@@ -237,7 +237,7 @@ def jobs_run(
     progress = None
     try:
         with _open_service() as svc:
-            runner = job_runners(svc.settings)[name]
+            runner = job_runners(svc.settings, svc.database_url)[name]
             show = console.is_terminal and not as_json
             with connection(svc.pool) as conn:
                 if show:

@@ -185,7 +185,7 @@ def serve(
     `on_ready(url, jobs)` is called once the port is open. Signals are handled only when called
     from the main thread.
     """
-    jobs = scheduled_jobs(svc.settings) if jobs is None else jobs
+    jobs = scheduled_jobs(svc.settings, svc.database_url) if jobs is None else jobs
     scheduler = JobScheduler(svc.pool, jobs)
     try:
         httpd = ThreadingHTTPServer((host, port), handler_for(Probe(svc, scheduler)))

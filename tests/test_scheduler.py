@@ -272,3 +272,21 @@ def test_serve_refuses_a_port_in_use_with_one_line(database_url):
     assert done.returncode == 1
     assert done.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}: Address already in use;")
     assert done.stderr.count("\n") == 1
+
+
+def test_backup_job_runs_from_the_cli_and_is_recorded(database_url, tmp_path):
+    """`memory jobs run backup` takes a pg_dump backup under the job lock and records the run."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MEMORY_DATABASE_URL": database_url, "MEMORY_BACKUP_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "memory", "jobs", "run", "backup", "--json"],
+                          capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parent.parent, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert list(tmp_path.glob("*.dump")), "no archive written"
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT status FROM memory_job_runs WHERE job = 'backup'").fetchone()
+    assert row == ("succeeded",)
+    assert scheduled_jobs(MemorySettings.load(schedule_backup="0 2 * * *"), database_url)
+    assert "backup" in [job.name for job in scheduled_jobs(MemorySettings.load(), database_url)]
