@@ -10,20 +10,9 @@ from langchain_core.messages import ToolMessage
 
 from memory import MemoryService
 from memory.scripted import script, tool_call
+from agent_runs import run_agent
 
 
-def run_agent(svc: MemoryService, tenant: str, *calls, thread_id: str | None = None) -> list[ToolMessage]:
-    """One agent run of `tenant` playing back `calls`; the tool results, in order."""
-    agent = create_deep_agent(
-        model=script(*calls, "done"),
-        backend=svc.backend(),
-        store=svc.store,
-        checkpointer=svc.checkpointer,
-        system_prompt=svc.system_prompt("You are a test assistant."),
-    )
-    config = {"configurable": {"thread_id": thread_id or uuid.uuid4().hex}, "metadata": {"assistant_id": tenant}}
-    result = agent.invoke({"messages": [{"role": "user", "content": "go"}]}, config=config)
-    return [m for m in result["messages"] if isinstance(m, ToolMessage)]
 
 
 def store_rows(svc: MemoryService) -> dict[tuple[tuple[str, ...], str], str]:

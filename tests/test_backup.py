@@ -19,18 +19,9 @@ from memory.cli import app
 from memory.db import connection
 from memory.pgtools import PgToolError, find_tool
 from memory.scripted import script, tool_call
+from agent_runs import run_agent
 
 
-def run_agent(svc: MemoryService, tenant: str, *calls, thread_id: str | None = None) -> None:
-    agent = create_deep_agent(
-        model=script(*calls, "done"),
-        backend=svc.backend(),
-        store=svc.store,
-        checkpointer=svc.checkpointer,
-        system_prompt=svc.system_prompt("You are a test assistant."),
-    )
-    config = {"configurable": {"thread_id": thread_id or uuid.uuid4().hex}, "metadata": {"assistant_id": tenant}}
-    agent.invoke({"messages": [{"role": "user", "content": "go"}]}, config=config)
 
 
 def populate(svc: MemoryService) -> None:

@@ -20,20 +20,11 @@ from memory.db import connection
 from memory.errors import InvalidTenantId
 from memory.scripted import script, tool_call
 from memory.tenants import BundleError
+from agent_runs import run_agent
 
 TENANT_TABLES = ("store", "checkpoints", "checkpoint_blobs", "checkpoint_writes")
 
 
-def run_agent(svc: MemoryService, tenant: str, *calls, thread_id: str | None = None) -> None:
-    agent = create_deep_agent(
-        model=script(*calls, "done"),
-        backend=svc.backend(),
-        store=svc.store,
-        checkpointer=svc.checkpointer,
-        system_prompt=svc.system_prompt("You are a test assistant."),
-    )
-    config = {"configurable": {"thread_id": thread_id or uuid.uuid4().hex}, "metadata": {"assistant_id": tenant}}
-    agent.invoke({"messages": [{"role": "user", "content": "go"}]}, config=config)
 
 
 def populate(svc: MemoryService) -> None:
