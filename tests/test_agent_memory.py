@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import ast
-import uuid
 
-from deepagents import create_deep_agent
 from langchain_core.messages import ToolMessage
 
 from memory import MemoryService
-from memory.scripted import script, tool_call
+from memory.scripted import tool_call
 from agent_runs import run_agent
 
 

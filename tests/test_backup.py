@@ -9,7 +9,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from deepagents import create_deep_agent
 from psycopg.rows import dict_row
 from typer.testing import CliRunner
 
@@ -18,7 +17,7 @@ from memory.backup import BackupError, create_backup, list_backups, restore_back
 from memory.cli import app
 from memory.db import connection
 from memory.pgtools import PgToolError, find_tool
-from memory.scripted import script, tool_call
+from memory.scripted import tool_call
 from agent_runs import run_agent
 
 
