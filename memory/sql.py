@@ -509,3 +509,5 @@ BENCH_TRUNCATE_STORE = "TRUNCATE store CASCADE"
 BENCH_COUNT_STORE = "SELECT count(*) AS n FROM store"
 # First statement of an export's transaction: one consistent view of the tenant.
 TENANT_SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+
+# -- checkpoint pruning (jobs/checkpoint_pruning.py) --------------------------------------------
