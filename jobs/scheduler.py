@@ -24,6 +24,8 @@ from apscheduler.triggers.cron import CronTrigger
 from psycopg_pool import ConnectionPool
 
 from jobs import runs
+from jobs.checkpoint_pruning import JOB as PRUNE_CHECKPOINTS
+from jobs.checkpoint_pruning import PrunePolicy, prune_checkpoints
 from jobs.report import FAILED, SUCCEEDED, JobReport
 from jobs.ttl_cleanup import JOB as TTL_CLEANUP
 from jobs.ttl_cleanup import ttl_cleanup
@@ -74,7 +76,23 @@ def job_runners(settings: Any, database_url: str | None = None) -> dict[str, Job
             on_batch=on_batch,
         )
 
-    runners: dict[str, JobRunner] = {TTL_CLEANUP: run_ttl_cleanup}
+    prune_policy = PrunePolicy(
+        idle_days=settings.checkpoints_delete_threads_idle_days,
+        keep_latest=settings.checkpoints_keep_latest,
+        legal_hold=policy.legal_hold,
+    )
+
+    def run_prune_checkpoints(
+        conn: psycopg.Connection,
+        *,
+        dry_run: bool = False,
+        tenant: str | None = None,
+        stop: threading.Event | None = None,
+        on_batch: Callable[[JobReport], None] | None = None,
+    ) -> JobReport:
+        return prune_checkpoints(conn, prune_policy, None, dry_run, tenant=tenant, stop=stop, on_batch=on_batch)
+
+    runners: dict[str, JobRunner] = {TTL_CLEANUP: run_ttl_cleanup, PRUNE_CHECKPOINTS: run_prune_checkpoints}
     if database_url:
         from memory.backup import backup_job
 
@@ -138,7 +156,7 @@ class JobMetrics:
         with self._lock:
             key = (report.job, report.status)
             self.runs[key] = self.runs.get(key, 0) + 1
-            for what in ("items", "vectors"):
+            for what in ("items", "vectors", "checkpoints", "writes", "blobs"):
                 if not report.dry_run:
                     self.deleted[(report.job, what)] = self.deleted.get((report.job, what), 0) + report.counts.get(what, 0)
             if report.duration_s is not None:

@@ -187,7 +187,7 @@ def db_downgrade(
 
 # -- jobs and serve ---------------------------------------------------------------------------
 
-JOB_NAMES = ("ttl-cleanup", "backup")
+JOB_NAMES = ("ttl-cleanup", "prune-checkpoints", "backup")
 """Jobs `memory jobs run` knows (CLI spelling; recorded in memory_job_runs as ttl_cleanup)."""
 
 
@@ -197,25 +197,57 @@ def _job_name(name: str) -> str:
     return name.replace("-", "_")
 
 
+def _progress_line(report) -> str:
+    """One line of a running job's progress, for the terminal."""
+    counts = report.counts
+    if report.job == "prune_checkpoints":
+        return (f"{report.job}: {counts.get('idle_threads', 0)} idle threads, {counts.get('trimmed_threads', 0)} "
+                f"threads trimmed, {counts.get('checkpoints', 0)} checkpoints")
+    return f"{report.job}: {counts.get('items', 0)} items in {counts.get('batches', 0)} batches"
+
+
+PER_TENANT_COLUMNS = {
+    "ttl_cleanup": ("items", "vectors"),
+    "prune_checkpoints": ("idle_threads", "trimmed_threads", "checkpoints", "writes", "blobs"),
+}
+"""The per-tenant table's columns for each job (counts in JobReport.tenant_counts)."""
+
+
+def _summary(report) -> str:
+    counts = report.counts
+    verb = "would delete" if report.dry_run else "deleted"
+    if report.job == "prune_checkpoints":
+        return (
+            f"{verb} {counts.get('idle_threads', 0)} idle threads; trimmed {counts.get('trimmed_threads', 0)} threads "
+            f"({counts.get('kept_for_replay', 0)} older checkpoints kept as delta replay bases); in all "
+            f"{counts.get('checkpoints', 0)} checkpoints, {counts.get('writes', 0)} writes, {counts.get('blobs', 0)} blobs, "
+            f"plus {counts.get('orphan_writes', 0)} orphan writes and {counts.get('orphan_blobs', 0)} orphan blobs; "
+            f"{counts.get('held_threads', 0)} threads under legal hold left alone, "
+            f"{counts.get('skipped_busy', 0)} busy threads left for the next run"
+        )
+    return (
+        f"{verb} {counts.get('items', 0)} items ({counts.get('by_expiry', 0)} expired, "
+        f"{counts.get('by_policy', 0)} past their policy TTL) and {counts.get('vectors', 0)} vectors "
+        f"in {counts.get('batches', 0)} batches"
+    )
+
+
 def _print_report(report, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
         return
-    counts = report.counts
-    verb = "would delete" if report.dry_run else "deleted"
-    if report.tenant_counts:
-        table = Table(title=f"{verb} per tenant")
-        for column in ("tenant", "items", "vectors"):
+    columns = PER_TENANT_COLUMNS.get(report.job, ())
+    if report.tenant_counts and columns:
+        table = Table(title=f"{'would delete' if report.dry_run else 'deleted'} per tenant")
+        for column in ("tenant", *columns):
             table.add_column(column)
         for tenant, per in sorted(report.tenant_counts.items()):
-            table.add_row(tenant, str(per.get("items", 0)), str(per.get("vectors", 0)))
+            table.add_row(tenant, *(str(per.get(column, 0)) for column in columns))
         console.print(table)
     status = "[green]succeeded[/]" if report.status == "succeeded" else f"[red]{report.status}[/]"
     console.print(
         f"{report.job} run {report.run_id}{' (dry run)' if report.dry_run else ''} {status}: "
-        f"{verb} {counts.get('items', 0)} items ({counts.get('by_expiry', 0)} expired, "
-        f"{counts.get('by_policy', 0)} past their policy TTL) and {counts.get('vectors', 0)} vectors "
-        f"in {counts.get('batches', 0)} batches, {report.duration_s or 0:.2f}s",
+        f"{_summary(report)}, {report.duration_s or 0:.2f}s",
         soft_wrap=True,
     )
     if report.error:
@@ -226,7 +258,7 @@ def _print_report(report, as_json: bool) -> None:
 def jobs_run(
     job: Annotated[str, typer.Argument(help=f"The job: {', '.join(JOB_NAMES)}.")],
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Delete nothing; report what a real run would delete.")] = False,
-    tenant: Annotated[Optional[str], typer.Option("--tenant", help="Only this tenant's memory.")] = None,
+    tenant: Annotated[Optional[str], typer.Option("--tenant", help="Only this tenant's memory (prune-checkpoints: its threads, by assistant_id).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
 ) -> None:
     """Run a job now (once, under the same lock as the scheduler) and record it in memory_job_runs."""
@@ -247,7 +279,7 @@ def jobs_run(
                     conn,
                     dry_run=dry_run,
                     tenant=tenant,
-                    on_batch=(lambda r: progress.update(f"{name}: {r.counts.get('items', 0)} items in {r.counts.get('batches', 0)} batches")) if show else None,
+                    on_batch=(lambda r: progress.update(_progress_line(r))) if show else None,
                 )
     except (MemoryServiceError, ValueError) as exc:
         if progress is not None:

@@ -35,6 +35,10 @@ class ServeError(MemoryServiceError):
     """`memory serve` could not start."""
 
 
+DELETED_KINDS = {"ttl_cleanup": ("items", "vectors"), "prune_checkpoints": ("checkpoints", "writes", "blobs")}
+"""What each job deletes, as `kind` labels of memory_job_rows_deleted_total."""
+
+
 def _labels(**labels: str) -> str:
     inner = ",".join(f'{name}="{_escape(value)}"' for name, value in labels.items())
     return "{" + inner + "}"
@@ -76,8 +80,8 @@ def render_metrics(metrics: JobMetrics, jobs: list[str], last_success: dict[str,
     family(
         "memory_job_rows_deleted_total",
         "counter",
-        "Rows deleted by this process's runs (items, and vectors deleted with them).",
-        [({"job": job, "kind": kind}, float(snap.deleted.get((job, kind), 0))) for job in jobs for kind in ("items", "vectors")],
+        "Rows deleted by this process's runs (items and their vectors; checkpoints, writes and blobs).",
+        [({"job": job, "kind": kind}, float(snap.deleted.get((job, kind), 0))) for job in jobs for kind in DELETED_KINDS.get(job, ())],
     )
     lines.append("# HELP memory_job_duration_seconds Duration of this process's job runs.")
     lines.append("# TYPE memory_job_duration_seconds summary")

@@ -511,3 +511,159 @@ BENCH_COUNT_STORE = "SELECT count(*) AS n FROM store"
 TENANT_SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 
 # -- checkpoint pruning (jobs/checkpoint_pruning.py) --------------------------------------------
+# Times compare as text: LangGraph writes `ts` as UTC isoformat(), and so does the job's cutoff.
+# Thread tenants are `metadata->>'assistant_id'` ('' when a checkpoint names none).
+
+# Idle threads: old rows (the ts index) whose thread has no row at or after the cutoff.
+PRUNE_IDLE_THREADS = """
+SELECT c.thread_id, array_agg(DISTINCT coalesce(c.metadata->>'assistant_id', '')) AS tenants
+  FROM checkpoints c
+ WHERE (c.checkpoint->>'ts') < %(cutoff)s
+   AND (%(tenant)s::text IS NULL OR c.metadata->>'assistant_id' = %(tenant)s)
+   AND NOT EXISTS (SELECT 1 FROM checkpoints n
+                    WHERE n.thread_id = c.thread_id AND (n.checkpoint->>'ts') >= %(cutoff)s)
+ GROUP BY c.thread_id
+ ORDER BY c.thread_id
+"""
+# Inside a batch's transaction: which of the batch's threads a run wrote to since they were selected.
+PRUNE_REVIVED_THREADS = """
+SELECT DISTINCT thread_id FROM checkpoints
+ WHERE thread_id = ANY(%(threads)s) AND (checkpoint->>'ts') >= %(cutoff)s
+"""
+# Whole threads, each table: rows per thread deleted (or, dry, that would be).
+_PRUNE_TABLES = {"writes": "checkpoint_writes", "blobs": "checkpoint_blobs", "checkpoints": "checkpoints"}
+"""Report count name -> table; writes and blobs go before the checkpoints they belong to."""
+PRUNE_DELETE_THREADS = {
+    name: f"""
+WITH gone AS (DELETE FROM {table} WHERE thread_id = ANY(%(threads)s) RETURNING thread_id)
+SELECT thread_id, count(*) AS n FROM gone GROUP BY thread_id
+"""
+    for name, table in _PRUNE_TABLES.items()
+}
+PRUNE_COUNT_THREADS = {
+    name: f"SELECT thread_id, count(*) AS n FROM {table} WHERE thread_id = ANY(%(threads)s) GROUP BY thread_id"
+    for name, table in _PRUNE_TABLES.items()
+}
+
+# History trimming: threads with a namespace holding more than `keep` checkpoints.
+PRUNE_LONG_THREADS = """
+SELECT t.thread_id, t.tenants
+  FROM (SELECT thread_id, checkpoint_ns, count(*) AS n,
+               array_agg(DISTINCT coalesce(metadata->>'assistant_id', '')) AS tenants
+          FROM checkpoints
+         WHERE %(tenant)s::text IS NULL OR thread_id IN (
+               SELECT thread_id FROM checkpoints WHERE metadata->>'assistant_id' = %(tenant)s)
+         GROUP BY thread_id, checkpoint_ns) AS t
+ WHERE t.n > %(keep)s
+ ORDER BY t.thread_id
+"""
+# One thread's snapshot (REPEATABLE READ): what the trim plan is computed from. `stored` are the
+# channels with a value at the checkpoint itself (inline, non-null); blobs come separately.
+PRUNE_SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"
+# A run holding one of the thread's rows makes the trim give up on it (retried, then next run).
+PRUNE_LOCK_TIMEOUT = "SET LOCAL lock_timeout = '2s'"
+PRUNE_THREAD_CHECKPOINTS = """
+SELECT checkpoint_ns, checkpoint_id, parent_checkpoint_id,
+       coalesce((checkpoint->>'v')::int, 0) AS v,
+       coalesce(checkpoint->'channel_versions', '{}'::jsonb) AS versions,
+       ARRAY(SELECT key FROM jsonb_each(coalesce(checkpoint->'channel_values', '{}'::jsonb))
+              WHERE value <> 'null'::jsonb) AS inline,
+       ARRAY(SELECT key FROM jsonb_each(coalesce(checkpoint->'channel_values', '{}'::jsonb))
+              WHERE value = 'true'::jsonb) AS markers,
+       ARRAY(SELECT jsonb_object_keys(CASE WHEN jsonb_typeof(metadata->'counters_since_delta_snapshot') = 'object'
+                                           THEN metadata->'counters_since_delta_snapshot' ELSE '{}'::jsonb END))
+           AS delta_counters
+  FROM checkpoints WHERE thread_id = %(thread_id)s
+"""
+PRUNE_THREAD_BLOBS = """
+SELECT checkpoint_ns, channel, version, type FROM checkpoint_blobs WHERE thread_id = %(thread_id)s
+"""
+PRUNE_TRIM_WRITES = """
+DELETE FROM checkpoint_writes
+ WHERE thread_id = %(thread_id)s AND checkpoint_ns = %(ns)s AND checkpoint_id = ANY(%(ids)s)
+"""
+PRUNE_COUNT_TRIM_WRITES = """
+SELECT count(*) AS n FROM checkpoint_writes
+ WHERE thread_id = %(thread_id)s AND checkpoint_ns = %(ns)s AND checkpoint_id = ANY(%(ids)s)
+"""
+PRUNE_TRIM_CHECKPOINTS = """
+DELETE FROM checkpoints
+ WHERE thread_id = %(thread_id)s AND checkpoint_ns = %(ns)s AND checkpoint_id = ANY(%(ids)s)
+"""
+PRUNE_TRIM_BLOBS = """
+DELETE FROM checkpoint_blobs b
+ USING unnest(%(channels)s::text[], %(versions)s::text[]) AS g(channel, version)
+ WHERE b.thread_id = %(thread_id)s AND b.checkpoint_ns = %(ns)s
+   AND b.channel = g.channel AND b.version = g.version
+"""
+# A kept checkpoint whose parent is gone becomes the thread's root (as PostgresSaver.prune does).
+PRUNE_TRIM_PARENTS = """
+UPDATE checkpoints SET parent_checkpoint_id = NULL
+ WHERE thread_id = %(thread_id)s AND checkpoint_ns = %(ns)s AND parent_checkpoint_id = ANY(%(ids)s)
+"""
+
+# Orphans: writes of a checkpoint that is gone, and blobs no checkpoint references, only where
+# the thread has moved past them (a newer checkpoint / a newer version of the channel): a run
+# saves writes and blobs before their checkpoint commits, and those are not orphans.
+PRUNE_ORPHAN_WRITES = """
+WITH newest AS (
+    SELECT thread_id, checkpoint_ns, max(checkpoint_id) AS checkpoint_id,
+           array_agg(DISTINCT coalesce(metadata->>'assistant_id', '')) AS tenants
+      FROM checkpoints
+     WHERE %(tenant)s::text IS NULL OR metadata->>'assistant_id' = %(tenant)s
+     GROUP BY thread_id, checkpoint_ns
+)
+SELECT w.thread_id, w.checkpoint_ns, w.checkpoint_id, count(*) AS n, min(n.tenants) AS tenants
+  FROM checkpoint_writes w
+  JOIN newest n ON n.thread_id = w.thread_id AND n.checkpoint_ns = w.checkpoint_ns
+ WHERE w.checkpoint_id < n.checkpoint_id
+   AND NOT EXISTS (SELECT 1 FROM checkpoints c
+                    WHERE c.thread_id = w.thread_id AND c.checkpoint_ns = w.checkpoint_ns
+                      AND c.checkpoint_id = w.checkpoint_id)
+ GROUP BY w.thread_id, w.checkpoint_ns, w.checkpoint_id
+"""
+PRUNE_ORPHAN_BLOBS = """
+WITH refs AS (
+    SELECT c.thread_id, c.checkpoint_ns, v.key AS channel, v.value AS version,
+           coalesce(c.metadata->>'assistant_id', '') AS tenant
+      FROM checkpoints c
+     CROSS JOIN LATERAL jsonb_each_text(coalesce(c.checkpoint->'channel_versions', '{}'::jsonb)) AS v
+     WHERE %(tenant)s::text IS NULL OR c.metadata->>'assistant_id' = %(tenant)s
+), newest AS (
+    SELECT thread_id, checkpoint_ns, channel, max(version) AS version, array_agg(DISTINCT tenant) AS tenants
+      FROM refs GROUP BY thread_id, checkpoint_ns, channel
+)
+SELECT b.thread_id, b.checkpoint_ns, b.channel, b.version, n.tenants
+  FROM checkpoint_blobs b
+  JOIN newest n ON n.thread_id = b.thread_id AND n.checkpoint_ns = b.checkpoint_ns AND n.channel = b.channel
+ WHERE b.version < n.version
+   AND NOT EXISTS (SELECT 1 FROM refs r
+                    WHERE r.thread_id = b.thread_id AND r.checkpoint_ns = b.checkpoint_ns
+                      AND r.channel = b.channel AND r.version = b.version)
+"""
+PRUNE_DELETE_ORPHAN_WRITES = """
+WITH gone AS (
+    DELETE FROM checkpoint_writes w
+     USING unnest(%(threads)s::text[], %(namespaces)s::text[], %(ids)s::text[]) AS g(thread_id, checkpoint_ns, checkpoint_id)
+     WHERE w.thread_id = g.thread_id AND w.checkpoint_ns = g.checkpoint_ns AND w.checkpoint_id = g.checkpoint_id
+       AND NOT EXISTS (SELECT 1 FROM checkpoints c
+                        WHERE c.thread_id = w.thread_id AND c.checkpoint_ns = w.checkpoint_ns
+                          AND c.checkpoint_id = w.checkpoint_id)
+    RETURNING w.thread_id
+)
+SELECT thread_id, count(*) AS n FROM gone GROUP BY thread_id
+"""
+PRUNE_DELETE_ORPHAN_BLOBS = """
+WITH gone AS (
+    DELETE FROM checkpoint_blobs b
+     USING unnest(%(threads)s::text[], %(namespaces)s::text[], %(channels)s::text[], %(versions)s::text[])
+           AS g(thread_id, checkpoint_ns, channel, version)
+     WHERE b.thread_id = g.thread_id AND b.checkpoint_ns = g.checkpoint_ns
+       AND b.channel = g.channel AND b.version = g.version
+       AND NOT EXISTS (SELECT 1 FROM checkpoints c
+                        WHERE c.thread_id = b.thread_id AND c.checkpoint_ns = b.checkpoint_ns
+                          AND c.checkpoint->'channel_versions'->>b.channel = b.version)
+    RETURNING b.thread_id
+)
+SELECT thread_id, count(*) AS n FROM gone GROUP BY thread_id
+"""

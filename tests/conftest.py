@@ -6,6 +6,12 @@ A template database is migrated once per server; each test gets `CREATE DATABASE
 from __future__ import annotations
 
 import os
+
+# Deep agents snapshot their DeltaChannels (messages, files) every 50 updates or every this many
+# supersteps (default 5000): set low before LangGraph is imported, so short test threads have
+# snapshots and checkpoint pruning has history it may trim (tests/test_checkpoint_pruning.py).
+os.environ.setdefault("LANGGRAPH_DELTA_MAX_SUPERSTEPS_SINCE_SNAPSHOT", "4")
+
 import tempfile
 import uuid
 from collections.abc import Iterator

@@ -72,9 +72,9 @@ def test_latest_tick_is_the_last_fire_time_at_or_before_now():
 
 
 def test_schedule_settings_map_jobs_to_cron_triggers():
-    jobs = scheduled_jobs(MemorySettings.load(schedule_ttl_cleanup="*/5 * * * *"))
-    assert [(job.name, job.schedule) for job in jobs] == [(JOB, "*/5 * * * *")]
-    assert scheduled_jobs(MemorySettings.load(schedule_ttl_cleanup="")) == []
+    jobs = scheduled_jobs(MemorySettings.load(schedule_ttl_cleanup="*/5 * * * *", schedule_prune_checkpoints="30 4 * * *"))
+    assert [(job.name, job.schedule) for job in jobs] == [(JOB, "*/5 * * * *"), ("prune_checkpoints", "30 4 * * *")]
+    assert scheduled_jobs(MemorySettings.load(schedule_ttl_cleanup="", schedule_prune_checkpoints="")) == []
 
 
 def test_a_tick_runs_once_whether_the_other_replica_is_running_it_or_done(database_url):
