@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -54,6 +54,9 @@ from memory.tenancy import validate_tenant_id
 JOB = "prune_checkpoints"
 DEFAULT_THREAD_BATCH_SIZE = 200
 """Idle threads deleted per transaction (a deep-agent thread holds tens of rows per turn)."""
+
+PASSES = ("idle", "trim", "orphans")
+"""The three passes, in the order a run makes them."""
 
 NO_TENANT = "(no tenant)"
 """Where a thread whose checkpoints name no `assistant_id` is counted."""
@@ -282,25 +285,32 @@ def prune_checkpoints(
     dry_run: bool = False,  # noqa: FBT001, FBT002
     *,
     tenant: str | None = None,
+    passes: Collection[str] = PASSES,
     stop: threading.Event | None = None,
     on_batch: Callable[[JobReport], None] | None = None,
 ) -> JobReport:
     """Delete (or, dry, count) idle threads, trimmed history and orphans as of `now` (default: now).
 
     `conn` is an autocommit connection (each batch and each thread is its own transaction);
-    `tenant` limits the run to one tenant's threads; `stop`, when set, ends the run after the
+    `tenant` limits the run to one tenant's threads; `passes` picks some of "idle", "trim",
+    "orphans" (default all three, in that order); `stop`, when set, ends the run after the
     batch in progress, recorded as failed ("interrupted"). Raises `JobBusy` when another run
     holds the job's lock.
     """
     if tenant is not None:
         validate_tenant_id(tenant, "tenant")
+    unknown = sorted(set(passes) - set(PASSES))
+    if unknown:
+        raise ValueError(f"unknown pass {', '.join(unknown)}; the passes are {', '.join(PASSES)}")
     try:
         with runs.recorded_run(conn, JOB, dry_run=dry_run) as report:
             if now is None:
                 now = _fetch(conn, sql.DATABASE_NOW, {})[0]["now"]
             report.counts.update(dict.fromkeys(COUNTS, 0))
             run = _Run(conn, report, policy, tenant, dry_run, stop, on_batch)
-            for run_pass in (_delete_idle_threads, _trim_histories, _collect_orphans):
+            for name, run_pass in (("idle", _delete_idle_threads), ("trim", _trim_histories), ("orphans", _collect_orphans)):
+                if name not in passes:
+                    continue
                 if run.interrupted():
                     break
                 run_pass(run, now)

@@ -438,11 +438,23 @@ def test_stop_ends_the_run_between_batches(svc, database_url):
     assert rest.counts["idle_threads"] == 2
 
 
-def test_bad_policy_and_tenant_are_refused():
+def test_bad_policy_and_passes_are_refused(database_url):
     with pytest.raises(ValueError, match="keep_latest must be at least 1"):
         PrunePolicy(keep_latest=0)
     with pytest.raises(ValueError, match="idle_days must be >= 0"):
         PrunePolicy(idle_days=-1)
+    with pytest.raises(ValueError, match="unknown pass trims; the passes are idle, trim, orphans"):
+        prune(database_url, PrunePolicy(), passes=("trims",))
+
+
+def test_passes_run_only_what_is_asked(svc, database_url):
+    turns(svc, "old", "acme", 1)
+    age_thread(database_url, "old", 60)
+    turns(svc, "long", "acme", 3)
+    only_trim = prune(database_url, PrunePolicy(idle_days=30, keep_latest=3), passes=("trim",))
+    assert (only_trim.counts["idle_threads"], only_trim.counts["trimmed_threads"]) == (0, 2)
+    only_idle = prune(database_url, PrunePolicy(idle_days=30, keep_latest=3), passes=("idle",))
+    assert (only_idle.counts["idle_threads"], only_idle.counts["trimmed_threads"]) == (1, 0)
 
 
 def test_cli_runs_prune_checkpoints(svc, database_url):
