@@ -11,7 +11,12 @@ A restore never leaves the target half-done: the archive is verified first, then
 script (`pg_restore -f`) that psql runs in ONE transaction together with a prelude (drop the
 service's tables) and a postlude (keep the target's erasure ledger, and erase again every tenant
 erased after the backup was taken). Any error rolls the whole transaction back. Then the schema
-is migrated to head.
+is migrated to head. A backup taken before the ledger table existed (no `memory_tenant_erasures`
+in it) cannot take the target's ledger rows inside that transaction, since the migration creates
+the table afterwards: those rows are written right after the migration, and if the migration
+fails the error names them.
+
+Long steps report progress through `on_step(step, done, total)` (see `Step`).
 """
 
 from __future__ import annotations
@@ -60,7 +65,11 @@ SERVICE_TABLES = (
 DATA_TABLES = ("store", "checkpoints", "checkpoint_blobs", "checkpoint_writes", "memory_job_runs")
 """A target holding rows in any of these is not empty: restoring over it needs --force."""
 
-Step = Callable[[str], None] | None
+Step = Callable[[str, int, int | None], None] | None
+"""`on_step(step, done, total)`: `done` of `total` units of `step` are finished (`total` None: size
+unknown). A call naming another step means the previous one is over."""
+
+MIB = 1 << 20
 
 
 class BackupError(MemoryServiceError):
@@ -148,16 +157,21 @@ def _connect(url: str, **kwargs: Any) -> psycopg.Connection:
         raise unavailable(url, exc) from exc
 
 
-def _say(on_step: Step, text: str) -> None:
+def _say(on_step: Step, step: str, done: int = 0, total: int | None = None) -> None:
     if on_step is not None:
-        on_step(text)
+        on_step(step, done, total)
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path, on_step: Step = None) -> str:
+    """The file's sha256; progress in MiB read as step "sha256 of the archive (MiB)"."""
+    step = "sha256 of the archive (MiB)"
+    total = -(-Path(path).stat().st_size // MIB)
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
+        for done, chunk in enumerate(iter(lambda: fh.read(MIB), b""), 1):
             digest.update(chunk)
+            _say(on_step, step, done, total)
+    _say(on_step, step, total, total)
     return digest.hexdigest()
 
 
@@ -221,7 +235,6 @@ def create_backup(url: str, out_dir: Path, *, keep: int | None = None, on_step: 
     """Dump the service's tables under `out_dir`; prune to the newest `keep` backups when given."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _say(on_step, "connecting")
     with _connect(url) as conn:
         server_major = conn.info.server_version // 10000
         pg_dump = find_tool("pg_dump", server_major)
@@ -232,11 +245,7 @@ def create_backup(url: str, out_dir: Path, *, keep: int | None = None, on_step: 
         tables = present_tables(conn, schema=schema)
         if "store" not in tables or "checkpoints" not in tables:
             raise BackupError(f"{describe_url(url)} has no service tables in schema {schema!r}; run `memory db upgrade` first")
-        _say(on_step, "counting rows")
-        counts = {
-            t: conn.execute(pgsql.SQL(sql.BACKUP_COUNT_ROWS).format(table=pgsql.Identifier(t))).fetchone()["n"]
-            for t in tables
-        }
+        counts = _count_rows(conn, tables, on_step)
         revision = _schema_revision(conn, tables)
         created = snap["now"].astimezone(timezone.utc)
         stem = f"{PREFIX}{created.strftime('%Y%m%dT%H%M%S%fZ')}"
@@ -246,18 +255,17 @@ def create_backup(url: str, out_dir: Path, *, keep: int | None = None, on_step: 
         for t in tables:
             args += ["-t", f'"{schema}"."{t}"']
         args.append(f"--dbname={url}")
-        _say(on_step, f"pg_dump of {len(tables)} tables ({sum(counts.values())} rows)")
+        _say(on_step, f"pg_dump -Fc of {len(tables)} tables ({sum(counts.values()):,} rows)")
         try:
             _run(pg_dump, args, f"pg_dump of {describe_url(url)} failed")
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
         conn.rollback()
-    _say(on_step, "checksum")
     partial.rename(archive)
     manifest = BackupManifest(
         file=archive.name,
-        sha256=sha256_file(archive),
+        sha256=sha256_file(archive, on_step),
         size=archive.stat().st_size,
         created_at=created.isoformat(),
         server_version=snap["server_version"],
@@ -274,6 +282,16 @@ def create_backup(url: str, out_dir: Path, *, keep: int | None = None, on_step: 
     if keep is not None:
         prune(out_dir, keep)
     return manifest
+
+
+def _count_rows(conn: psycopg.Connection, tables: list[str], on_step: Step) -> dict[str, int]:
+    """Rows per table in the connection's snapshot; progress in tables counted."""
+    counts = {}
+    _say(on_step, "count rows (tables)", 0, len(tables))
+    for done, table in enumerate(tables, 1):
+        counts[table] = conn.execute(pgsql.SQL(sql.BACKUP_COUNT_ROWS).format(table=pgsql.Identifier(table))).fetchone()["n"]
+        _say(on_step, "count rows (tables)", done, len(tables))
+    return counts
 
 
 def list_backups(backup_dir: Path) -> list[BackupManifest]:
@@ -304,20 +322,21 @@ def prune(backup_dir: Path, keep: int) -> list[Path]:
 # -- verify -----------------------------------------------------------------------------------
 
 
-def verify_backup(path: Path, pg_restore: PgTool | None = None) -> BackupManifest:
+def verify_backup(path: Path, pg_restore: PgTool | None = None, on_step: Step = None) -> BackupManifest:
     """Checksum, `pg_restore --list`, every manifest table present; one `BackupError` line otherwise."""
     manifest = BackupManifest.read(Path(path))
     archive = manifest.path
     assert archive is not None
     if not archive.is_file():
         raise BackupError(f"{archive}: archive missing (the manifest {archive.with_suffix(MANIFEST_SUFFIX).name} names it)")
-    digest = sha256_file(archive)
+    digest = sha256_file(archive, on_step)
     if digest != manifest.sha256:
         raise BackupError(
             f"{archive.name}: sha256 {digest[:12]}… does not match the manifest's {manifest.sha256[:12]}… "
             f"(size {archive.stat().st_size} bytes, manifest says {manifest.size}): the archive is truncated or altered"
         )
     tool = pg_restore or find_tool("pg_restore", manifest.archive_major)
+    _say(on_step, "pg_restore --list")
     listing = _run(tool, ["--list", str(archive)], f"{archive.name}: pg_restore cannot read the archive").stdout
     listed = set()
     for line in listing.decode("utf-8", "replace").splitlines():
@@ -364,8 +383,7 @@ def restore_backup(
     tenant erased after the backup was taken is erased again, so a restore never resurrects it.
     `upgrade(url)` migrates afterwards (default: `memory.migrations.upgrade` in the backup's schema).
     """
-    _say(on_step, "verifying")
-    manifest = verify_backup(path)
+    manifest = verify_backup(path, on_step=on_step)
     archive = manifest.path
     assert archive is not None
     where = describe_url(target_url)
@@ -398,25 +416,16 @@ def restore_backup(
                 _render(cur, pgsql.SQL(sql.RESTORE_DROP_TABLE).format(table=pgsql.Identifier(schema, t)))
             )
         postlude = [_render(cur, sql.RESTORE_SEARCH_PATH, {"path": search_path})]
-        replayed: list[str] = []
-        has_ledger = "memory_tenant_erasures" in manifest.tables
-        for row in ledger:
-            if has_ledger:
-                postlude.append(
-                    _render(
-                        cur,
-                        sql.RESTORE_KEEP_ERASURE,
-                        {"tenant": row["tenant"], "erased_at": row["erased_at"], "counts": json.dumps(row["counts"])},
-                    )
-                )
-            if row["erased_at"] > manifest.created and row["tenant"] not in replayed:
-                replayed.append(row["tenant"])
+        ledger_in_backup = "memory_tenant_erasures" in manifest.tables
+        if ledger_in_backup:
+            postlude.extend(_render(cur, sql.RESTORE_KEEP_ERASURE, _erasure_params(row)) for row in ledger)
+        replayed = _erased_since(ledger, manifest.created)
         for tenant in replayed:
             postlude.extend(_render(cur, q, p) for q, p in erase_statements(tenant, "store_vectors" in manifest.tables))
 
     with tempfile.TemporaryDirectory(prefix="memory-restore-") as tmp:
         script = Path(tmp) / "restore.sql"
-        _say(on_step, "reading the archive")
+        _say(on_step, "pg_restore to a script")
         _run(
             pg_restore,
             ["--no-owner", "--no-privileges", "-f", str(script), str(archive)],
@@ -426,7 +435,7 @@ def restore_backup(
             _drop_newer_settings(script)
         (Path(tmp) / "prelude.sql").write_text("".join(prelude), encoding="utf-8")
         (Path(tmp) / "postlude.sql").write_text("".join(postlude), encoding="utf-8")
-        _say(on_step, f"restoring {sum(manifest.tables.values())} rows into {where} (one transaction)")
+        _say(on_step, f"restore {sum(manifest.tables.values()):,} rows (one transaction)")
         _run(
             psql,
             [
@@ -436,15 +445,16 @@ def restore_backup(
             ],
             f"restore into {where} failed and was rolled back, the target is unchanged",
         )
-    _say(on_step, "migrating to head")
-    if upgrade is None:
-        from memory import migrations
-
-        state = migrations.upgrade(target_url, schema=schema)
-        revision = state.revision
-    else:
-        state = upgrade(target_url)
-        revision = getattr(state, "revision", manifest.schema_revision)
+    _say(on_step, "migrate to head")
+    try:
+        revision = _migrate(target_url, schema, upgrade, manifest.schema_revision)
+    except MemoryServiceError as exc:
+        if ledger and not ledger_in_backup:
+            raise _ledger_not_kept(exc, ledger) from exc
+        raise
+    if ledger and not ledger_in_backup:
+        _say(on_step, "keep the target's erasure ledger")
+        _keep_erasures(target_url, ledger)
     return RestoreReport(
         file=archive.name,
         target=where,
@@ -453,6 +463,44 @@ def restore_backup(
         erasures_kept=len(ledger),
         erasures_replayed=replayed,
         schema_revision=revision,
+    )
+
+
+def _erasure_params(row: dict[str, Any]) -> dict[str, Any]:
+    return {"tenant": row["tenant"], "erased_at": row["erased_at"], "counts": json.dumps(row["counts"])}
+
+
+def _erased_since(ledger: list[dict[str, Any]], taken: datetime) -> list[str]:
+    """Tenants the ledger says were erased after the backup was taken, in erasure order."""
+    tenants: list[str] = []
+    for row in ledger:
+        if row["erased_at"] > taken and row["tenant"] not in tenants:
+            tenants.append(row["tenant"])
+    return tenants
+
+
+def _migrate(url: str, schema: str, upgrade: Callable[[str], Any] | None, fallback: str | None) -> str | None:
+    """Migrate to head; the revision reached."""
+    if upgrade is None:
+        from memory import migrations
+
+        return migrations.upgrade(url, schema=schema).revision
+    return getattr(upgrade(url), "revision", fallback)
+
+
+def _keep_erasures(url: str, ledger: list[dict[str, Any]]) -> None:
+    """Write the target's ledger rows back (after the migration created the table), in one transaction."""
+    with _connect(url) as conn, conn.transaction():
+        for row in ledger:
+            conn.execute(sql.RESTORE_KEEP_ERASURE, _erasure_params(row))
+
+
+def _ledger_not_kept(exc: BaseException, ledger: list[dict[str, Any]]) -> BackupError:
+    tenants = sorted({row["tenant"] for row in ledger})
+    return BackupError(
+        f"{exc}; the restore was committed but, without the migration, the target's erasure ledger could not be "
+        f"written back: once `memory db upgrade` succeeds, run `memory tenant delete T --yes` for each of "
+        f"{', '.join(tenants)} to record their erasures again"
     )
 
 

@@ -261,7 +261,14 @@ def jobs_run(
     tenant: Annotated[Optional[str], typer.Option("--tenant", help="Only this tenant's memory (prune-checkpoints: its threads, by assistant_id).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
 ) -> None:
-    """Run a job now (once, under the same lock as the scheduler) and record it in memory_job_runs."""
+    """Run a job now (once, under the same lock as the scheduler) and record it in memory_job_runs.
+
+    ttl-cleanup deletes expired memory files (retention section of the config);
+    prune-checkpoints deletes idle checkpoint threads, trims each thread's history to keep_latest
+    (checkpoints section; what deep agents' DeltaChannels are rebuilt from stays) and removes
+    orphan writes and blobs; backup writes a pg_dump backup (backup section).
+    Tenants under legal hold are never touched.
+    """
     from jobs.scheduler import job_runners
     from memory.db import connection
 
@@ -363,20 +370,59 @@ def serve(
 # -- backup and tenant ---------------------------------------------------------------------------
 
 
-class _Steps:
-    """A spinner on a terminal (not with --json) that each long step updates."""
+class _Progress:
+    """Progress bars on a terminal, never with --json (stdout stays pure JSON).
+
+    Used as `with _Progress(as_json) as on_step`: `on_step(step, done, total)` (the callback of
+    memory.backup and memory.tenants) shows one row per step, with a bar and "done/total" when the
+    step gives its size and a spinner when it does not; a new step marks the previous one done.
+    """
 
     def __init__(self, as_json: bool) -> None:
-        self.status = console.status("starting") if console.is_terminal and not as_json else None
+        self.bars = _progress_bars() if console.is_terminal and not as_json else None
+        self.tasks: dict[str, int] = {}
+        self.sized: dict[str, bool] = {}
+        self.current: str | None = None
 
     def __enter__(self):
-        if self.status is not None:
-            self.status.start()
-        return (lambda text: self.status.update(text)) if self.status is not None else None
+        if self.bars is None:
+            return None
+        self.bars.start()
+        return self.update
 
-    def __exit__(self, *exc) -> None:
-        if self.status is not None:
-            self.status.stop()
+    def update(self, step: str, done: int = 0, total: int | None = None) -> None:
+        if step not in self.tasks:
+            self._finish_current()
+            self.tasks[step] = self.bars.add_task(step, total=total, count="")
+            self.current = step
+        self.sized[step] = total is not None
+        count = "" if total is None else f"{done:,}/{total:,}"
+        bar_done, bar_total = (1, 1) if total == 0 else (done, total)
+        self.bars.update(self.tasks[step], completed=bar_done, total=bar_total, count=count)
+
+    def _finish_current(self) -> None:
+        """A step of unknown size is over when the next one starts: show it done."""
+        if self.current is not None and not self.sized[self.current]:
+            self.bars.update(self.tasks[self.current], completed=1, total=1)
+
+    def __exit__(self, kind, *exc) -> None:
+        if self.bars is not None:
+            if kind is None:
+                self._finish_current()
+            self.bars.stop()
+
+
+def _progress_bars():
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        SpinnerColumn(finished_text="✓"),
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        TextColumn("{task.fields[count]}", markup=False),
+        TimeElapsedColumn(),
+        console=console,
+    )
 
 
 class _ToolErrors:
@@ -415,7 +461,7 @@ def backup_create(
     from memory.backup import create_backup
 
     try:
-        with _ToolErrors(), _open_service() as svc, _Steps(as_json) as step:
+        with _ToolErrors(), _open_service() as svc, _Progress(as_json) as step:
             manifest = create_backup(
                 svc.database_url, Path(out) if out else svc.settings.backup_dir, keep=svc.settings.backup_keep, on_step=step
             )
@@ -467,7 +513,8 @@ def backup_verify(
     from memory.backup import verify_backup
 
     try:
-        manifest = verify_backup(Path(file))
+        with _Progress(as_json) as step:
+            manifest = verify_backup(Path(file), on_step=step)
     except MemoryServiceError as exc:
         fail(exc)
     if as_json:
@@ -497,10 +544,10 @@ def backup_restore(
         if target:
             settings = _load_settings()
             url = migrations.schema_url(target, settings.database_schema)
-            with _ToolErrors(), _Steps(as_json) as step:
+            with _ToolErrors(), _Progress(as_json) as step:
                 report = restore_backup(Path(file), url, force=force, on_step=step)
         else:
-            with _ToolErrors(), _open_service() as svc, _Steps(as_json) as step:
+            with _ToolErrors(), _open_service() as svc, _Progress(as_json) as step:
                 report = restore_backup(
                     Path(file), svc.database_url, force=force, on_step=step, upgrade=lambda _url: svc.setup()
                 )
@@ -577,7 +624,7 @@ def tenant_export(
     from memory.tenants import export_tenant
 
     try:
-        with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn, _Steps(as_json) as step:
+        with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn, _Progress(as_json) as step:
             manifest = export_tenant(conn, tenant, Path(out), on_step=step)
     except MemoryServiceError as exc:
         fail(exc)
@@ -607,7 +654,7 @@ def tenant_import(
     from memory.tenants import import_tenant
 
     try:
-        with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn, _Steps(as_json) as step:
+        with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn, _Progress(as_json) as step:
             report = import_tenant(conn, Path(file), as_tenant=as_tenant, mode=mode, dry_run=dry_run, on_step=step)
     except MemoryServiceError as exc:
         fail(exc)
@@ -639,8 +686,8 @@ def tenant_delete(
         validate_tenant_id(tenant, "tenant")
         if not yes:
             raise MemoryServiceError(f"erasing tenant {tenant!r} cannot be undone; pass --yes to confirm")
-        with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn:
-            receipt = delete_tenant(conn, tenant)
+        with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn, _Progress(as_json) as step:
+            receipt = delete_tenant(conn, tenant, on_step=step)
     except MemoryServiceError as exc:
         fail(exc)
     if as_json:

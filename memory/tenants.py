@@ -8,6 +8,9 @@ The bundle is a gzip'd tar: `manifest.json` first, then one JSON-lines file per 
 (items, vectors, checkpoints, checkpoint_blobs, checkpoint_writes). The manifest holds the
 format version, the tenant, the schema revision, and each section's row count and sha256.
 Item prefixes are stored without the tenant label, so `--as` only changes the first label.
+
+Export and import report rows per section through `on_step(step, done, total)` ("export items",
+"import checkpoints", ...); erasing reports the tables done (see `Step`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import io
 import json
 import tarfile
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,7 +40,12 @@ MODES = ("merge", "replace")
 CLONE_NAMESPACE = uuid.UUID("6f1c1f9e-8f43-4c1e-9a59-4a3c2b0de5a1")
 """Clones get thread ids uuid5(CLONE_NAMESPACE, "<new tenant>/<old thread id>"): re-importing is idempotent."""
 
-Step = Callable[[str], None] | None
+Step = Callable[[str, int, int | None], None] | None
+"""`on_step(step, done, total)`: `done` of `total` units of `step` are finished (`total` None: size
+unknown). A call naming another step means the previous one is over."""
+
+PROGRESS_EVERY = 250
+"""Rows between two progress reports of a section (and one at its end)."""
 
 
 class TenantToolError(MemoryServiceError):
@@ -58,9 +66,22 @@ def tenant_params(tenant: str) -> dict[str, Any]:
     return {"tenant": tenant, "like": escape_like(tenant) + ".%"}
 
 
-def _say(on_step: Step, text: str) -> None:
+def _say(on_step: Step, step: str, done: int = 0, total: int | None = None) -> None:
     if on_step is not None:
-        on_step(text)
+        on_step(step, done, total)
+
+
+def _counted(rows: Iterable[Any], total: int, on_step: Step, step: str) -> Iterator[Any]:
+    """`rows`, reporting `step` every PROGRESS_EVERY rows and once at the end, done == total."""
+    _say(on_step, step, 0, total)
+    done = reported = 0
+    for done, row in enumerate(rows, 1):
+        yield row
+        if done % PROGRESS_EVERY == 0:
+            _say(on_step, step, done, total)
+            reported = done
+    if done != reported:
+        _say(on_step, step, done, total)
 
 
 def _vectors_present(conn: psycopg.Connection) -> bool:
@@ -156,22 +177,22 @@ def export_tenant(conn: psycopg.Connection, tenant: str, out: Path, *, on_step: 
     tenant = params["tenant"]
     revision = schema_revision(conn)
     sections: dict[str, list[dict[str, Any]]] = {}
+    cut = len(tenant) + 1
+
+    def unprefixed(row: dict[str, Any]) -> dict[str, Any]:
+        return {**_encode(row), "prefix": row["prefix"][cut:]}
+
     with conn.transaction():
         conn.execute(sql.TENANT_SNAPSHOT)
-        _say(on_step, "reading items")
-        cut = len(tenant) + 1
-        sections["items"] = [
-            {**_encode(r), "prefix": r["prefix"][cut:]} for r in conn.execute(sql.TENANT_EXPORT_ITEMS, params)
-        ]
-        sections["vectors"] = (
-            [{**_encode(r), "prefix": r["prefix"][cut:]} for r in conn.execute(sql.TENANT_EXPORT_VECTORS, params)]
-            if _vectors_present(conn)
-            else []
-        )
-        _say(on_step, "reading checkpoint threads")
-        sections["checkpoints"] = [_encode(r) for r in conn.execute(sql.TENANT_EXPORT_CHECKPOINTS, params)]
-        sections["checkpoint_blobs"] = [_encode(r) for r in conn.execute(sql.TENANT_EXPORT_BLOBS, params)]
-        sections["checkpoint_writes"] = [_encode(r) for r in conn.execute(sql.TENANT_EXPORT_WRITES, params)]
+        vectors = _vectors_present(conn)
+        for name, query, encode in (
+            ("items", sql.TENANT_EXPORT_ITEMS, unprefixed),
+            ("vectors", sql.TENANT_EXPORT_VECTORS if vectors else None, unprefixed),
+            ("checkpoints", sql.TENANT_EXPORT_CHECKPOINTS, _encode),
+            ("checkpoint_blobs", sql.TENANT_EXPORT_BLOBS, _encode),
+            ("checkpoint_writes", sql.TENANT_EXPORT_WRITES, _encode),
+        ):
+            sections[name] = _read_section(conn, query, params, encode, on_step, f"export {name}")
     payloads = {name: _jsonl(sections[name]) for name in SECTIONS}
     manifest = {
         "format": BUNDLE_FORMAT,
@@ -185,7 +206,7 @@ def export_tenant(conn: psycopg.Connection, tenant: str, out: Path, *, on_step: 
             for name in SECTIONS
         },
     }
-    _say(on_step, "writing the bundle")
+    _say(on_step, "write the bundle")
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
     with tarfile.open(partial, "w:gz") as tar:
@@ -198,6 +219,17 @@ def export_tenant(conn: psycopg.Connection, tenant: str, out: Path, *, on_step: 
             tar.addfile(info, io.BytesIO(data))
     partial.replace(out)
     return manifest
+
+
+def _read_section(
+    conn: psycopg.Connection, query: str | None, params: dict[str, Any], encode: Callable, on_step: Step, step: str
+) -> list[dict[str, Any]]:
+    """One section's rows, encoded for JSON; progress in rows (the total is known once the query ran)."""
+    if query is None:
+        _say(on_step, step, 0, 0)
+        return []
+    cursor = conn.execute(query, params)
+    return [encode(row) for row in _counted(cursor, cursor.rowcount, on_step, step)]
 
 
 # -- reading a bundle -----------------------------------------------------------------------------
@@ -277,27 +309,38 @@ def zlib_error() -> type[BaseException]:
 # -- erase ----------------------------------------------------------------------------------------
 
 
-def _erase(conn: psycopg.Connection, params: dict[str, Any], vectors: bool) -> dict[str, int]:
-    """Delete a tenant's items, vectors and threads inside the caller's transaction; the counts."""
+def _erase(
+    conn: psycopg.Connection, params: dict[str, Any], vectors: bool, on_step: Step = None, step: str = "erase (tables)"
+) -> dict[str, int]:
+    """Delete a tenant's items, vectors and threads inside the caller's transaction; the counts.
+
+    Progress: tables done of the tables to erase (each table is one DELETE statement)."""
     counts = {"items": 0, "vectors": 0, "threads": 0, "checkpoints": 0, "checkpoint_blobs": 0, "checkpoint_writes": 0}
+    total = 5 if vectors else 4
+    done: list[str] = []
+    _say(on_step, step, 0, total)
+
+    def delete(table: str, query: str, query_params: dict[str, Any]) -> None:
+        counts[table] = conn.execute(query, query_params).rowcount
+        done.append(table)
+        _say(on_step, step, len(done), total)
+
     if vectors:
-        counts["vectors"] = conn.execute(sql.TENANT_DELETE_VECTORS, params).rowcount
-    counts["items"] = conn.execute(sql.TENANT_DELETE_ITEMS, params).rowcount
-    threads = [r["thread_id"] for r in conn.execute(sql.TENANT_THREAD_IDS, params).fetchall()]
-    counts["threads"] = len(threads)
-    if threads:
-        p = {"threads": threads}
-        counts["checkpoint_writes"] = conn.execute(sql.TENANT_DELETE_WRITES, p).rowcount
-        counts["checkpoint_blobs"] = conn.execute(sql.TENANT_DELETE_BLOBS, p).rowcount
-        counts["checkpoints"] = conn.execute(sql.TENANT_DELETE_CHECKPOINTS, p).rowcount
+        delete("vectors", sql.TENANT_DELETE_VECTORS, params)
+    delete("items", sql.TENANT_DELETE_ITEMS, params)
+    threads = {"threads": [r["thread_id"] for r in conn.execute(sql.TENANT_THREAD_IDS, params).fetchall()]}
+    counts["threads"] = len(threads["threads"])
+    delete("checkpoint_writes", sql.TENANT_DELETE_WRITES, threads)
+    delete("checkpoint_blobs", sql.TENANT_DELETE_BLOBS, threads)
+    delete("checkpoints", sql.TENANT_DELETE_CHECKPOINTS, threads)
     return counts
 
 
-def delete_tenant(conn: psycopg.Connection, tenant: str) -> dict[str, Any]:
+def delete_tenant(conn: psycopg.Connection, tenant: str, *, on_step: Step = None) -> dict[str, Any]:
     """Erase a tenant in one transaction and record it in `memory_tenant_erasures`; the receipt."""
     params = tenant_params(tenant)
     with conn.transaction():
-        counts = _erase(conn, params, _vectors_present(conn))
+        counts = _erase(conn, params, _vectors_present(conn), on_step, f"erase {params['tenant']} (tables)")
         row = conn.execute(
             sql.TENANT_RECORD_ERASURE, {"tenant": params["tenant"], "counts": json.dumps(counts)}
         ).fetchone()
@@ -344,7 +387,7 @@ def import_tenant(
     """Import a bundle in one transaction (rolled back for a dry run); other tenants are never touched."""
     if mode not in MODES:
         raise TenantToolError(f"--mode {mode!r}: use one of {', '.join(MODES)}")
-    _say(on_step, "verifying the bundle")
+    _say(on_step, "verify the bundle")
     bundle = read_bundle(path)
     source = bundle.tenant
     target = validate_tenant_id(as_tenant, "--as") if as_tenant is not None else source
@@ -368,16 +411,17 @@ def import_tenant(
                 data["thread_id"] = thread(old_thread)
         return json.dumps(data)
 
+    def rows(section: str) -> Iterator[dict[str, Any]]:
+        return _counted(bundle.sections[section], len(bundle.sections[section]), on_step, f"import {section}")
+
     report = ImportReport(target, source, mode, dry_run)
     try:
         with conn.transaction():
             vectors_here = _vectors_present(conn)
             if mode == "replace":
-                _say(on_step, f"removing {target}'s existing items and threads")
-                report.removed = _erase(conn, params, vectors_here)
-            _say(on_step, f"importing {len(bundle.sections['items'])} items")
+                report.removed = _erase(conn, params, vectors_here, on_step, f"remove {target}'s data first (tables)")
             written: set[tuple[str, str]] = set()
-            for row in bundle.sections["items"]:
+            for row in rows("items"):
                 item = {**row, "prefix": f"{target}.{row['prefix']}"}
                 result = conn.execute(sql.TENANT_IMPORT_ITEM, item).fetchone()
                 if result is None:
@@ -390,7 +434,7 @@ def import_tenant(
                     report.items_updated += 1
                 if vectors_here:
                     conn.execute(sql.TENANT_IMPORT_DROP_VECTORS, item)
-            for row in bundle.sections["vectors"]:
+            for row in rows("vectors"):
                 vector = {**row, "prefix": f"{target}.{row['prefix']}"}
                 if (vector["prefix"], vector["key"]) not in written:
                     continue
@@ -399,14 +443,13 @@ def import_tenant(
                     continue
                 conn.execute(sql.TENANT_IMPORT_VECTOR, vector)
                 report.vectors += 1
-            _say(on_step, f"importing {bundle.manifest.get('threads', 0)} threads")
             report.threads = len({r["thread_id"] for r in bundle.sections["checkpoints"]})
-            for row in bundle.sections["checkpoints"]:
+            for row in rows("checkpoints"):
                 cp = {**row, "thread_id": thread(row["thread_id"]), "metadata": metadata(row["metadata"], row["thread_id"])}
                 report.checkpoints_inserted += conn.execute(sql.TENANT_IMPORT_CHECKPOINT, cp).rowcount
-            for row in bundle.sections["checkpoint_blobs"]:
+            for row in rows("checkpoint_blobs"):
                 report.blobs_inserted += conn.execute(sql.TENANT_IMPORT_BLOB, {**row, "thread_id": thread(row["thread_id"])}).rowcount
-            for row in bundle.sections["checkpoint_writes"]:
+            for row in rows("checkpoint_writes"):
                 report.writes_inserted += conn.execute(sql.TENANT_IMPORT_WRITE, {**row, "thread_id": thread(row["thread_id"])}).rowcount
             if dry_run:
                 raise _DryRun

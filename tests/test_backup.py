@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import uuid
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 from psycopg.rows import dict_row
 from typer.testing import CliRunner
 
-from memory import MemoryService, backup, tenants
+from memory import MemoryService, backup, migrations, sql, tenants
 from memory.backup import BackupError, create_backup, list_backups, restore_backup, table_checksums, verify_backup
 from memory.cli import app
 from memory.db import connection
@@ -47,9 +46,13 @@ def empty_database(pg_server) -> tuple[str, str]:
 
 def test_backup_restore_into_second_database_has_identical_rows(service, pg_server, tmp_path):
     populate(service)
-    manifest = create_backup(service.database_url, tmp_path)
+    created, restored = [], []
+    manifest = create_backup(service.database_url, tmp_path, on_step=lambda *call: created.append(call))
 
     assert (tmp_path / manifest.file).is_file() and (tmp_path / manifest.file).with_suffix(".json").is_file()
+    tables = len(manifest.tables)
+    assert [call for call in created if call[0].startswith("count rows")] == [("count rows (tables)", n, tables) for n in range(tables + 1)]
+    assert created[-1] == ("sha256 of the archive (MiB)", 1, 1)
     source = checksums(service.database_url)
     assert manifest.tables["store"] == source["store"][0] == 4
     assert manifest.tables["checkpoints"] == source["checkpoints"][0] > 0
@@ -59,8 +62,12 @@ def test_backup_restore_into_second_database_has_identical_rows(service, pg_serv
 
     name, target = empty_database(pg_server)
     try:
-        report = restore_backup(tmp_path / manifest.file, target)
+        report = restore_backup(tmp_path / manifest.file, target, on_step=lambda *call: restored.append(call))
         assert report.schema_revision == manifest.schema_revision
+        assert list(dict.fromkeys(step for step, _, _ in restored)) == [
+            "sha256 of the archive (MiB)", "pg_restore --list", "pg_restore to a script",
+            f"restore {sum(manifest.tables.values()):,} rows (one transaction)", "migrate to head",
+        ]
         assert checksums(target) == source
     finally:
         pg_server.drop_database(name)
@@ -117,6 +124,64 @@ def test_restore_of_older_backup_does_not_resurrect_erased_tenant(service, tmp_p
     assert (acme.items, acme.threads, acme.checkpoints) == (0, 0, 0)
     assert (other.items, other.threads) == (2, 2)
     assert [row["tenant"] for row in ledger] == ["acme"]
+
+
+def _ledger(url: str) -> list[tuple[str, object]]:
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        return [(row["tenant"], row["erased_at"]) for row in conn.execute(sql.ERASURES_ALL)]
+
+
+def _drop_our_tables(url: str) -> None:
+    """What a database looked like before the ledger existed: LangGraph's tables only, no alembic."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        for table in ("memory_tenant_erasures", "memory_job_runs", "alembic_version"):
+            conn.execute(f"DROP TABLE {table}")
+
+
+@pytest.mark.parametrize("backup_ledger", ["absent", "older"])
+def test_restore_keeps_the_targets_newer_erasures(service, tmp_path, backup_ledger):
+    """The backup has no ledger table, or one without the target's later erasures: they survive and replay."""
+    populate(service)
+    expected = []
+    if backup_ledger == "older":
+        with connection(service.pool) as conn:
+            early = tenants.delete_tenant(conn, "glo_bex")
+        expected.append(("glo_bex", early["erased_at"]))
+    else:
+        _drop_our_tables(service.database_url)
+    manifest = create_backup(service.database_url, tmp_path)
+    assert ("memory_tenant_erasures" in manifest.tables) is (backup_ledger == "older")
+    if backup_ledger == "absent":
+        migrations.upgrade(service.database_url)
+    with connection(service.pool) as conn:
+        later = tenants.delete_tenant(conn, "acme")
+    expected.append(("acme", later["erased_at"]))
+
+    report = restore_backup(tmp_path / manifest.file, service.database_url, force=True)
+
+    assert report.erasures_replayed == ["acme"] and report.erasures_kept == len(expected)
+    assert [(tenant, erased_at.isoformat()) for tenant, erased_at in _ledger(service.database_url)] == expected
+    with connection(service.pool) as conn:
+        acme = tenants.tenant_stats(conn, "acme")
+    assert (acme.items, acme.threads, acme.checkpoints) == (0, 0, 0)
+    assert migrations.current(service.database_url).at_head
+
+
+def test_pre_ledger_restore_whose_migration_fails_names_the_erasures_to_record_again(service, tmp_path):
+    populate(service)
+    _drop_our_tables(service.database_url)
+    manifest = create_backup(service.database_url, tmp_path)
+    migrations.upgrade(service.database_url)
+    with connection(service.pool) as conn:
+        tenants.delete_tenant(conn, "acme")
+
+    def failing_upgrade(url: str):
+        raise migrations.MigrationError("schema migration failed: disk full")
+
+    with pytest.raises(BackupError, match=r"disk full; .*memory tenant delete T --yes. for each of acme"):
+        restore_backup(tmp_path / manifest.file, service.database_url, force=True, upgrade=failing_upgrade)
+    with connection(service.pool) as conn:
+        assert tenants.tenant_stats(conn, "acme").items == 0
 
 
 def test_restore_rolls_back_when_the_script_fails(service, pg_server, tmp_path):

@@ -87,6 +87,32 @@ def test_export_delete_import_round_trips_exactly(service, tmp_path):
     assert checksums(service) == before
 
 
+def test_export_import_and_delete_report_progress_matching_the_bundle(service, tmp_path, monkeypatch):
+    """Every progress call of a section carries the bundle's row count as total and ends at it."""
+    monkeypatch.setattr(tenants, "PROGRESS_EVERY", 3)
+    populate(service)
+    run_agent(service, "acme", *[tool_call("write_file", file_path=f"/memories/more-{n}.md", content="x\n") for n in range(4)])
+    bundle = tmp_path / "acme.bundle"
+    exported, erased, imported = [], [], []
+    with connection(service.pool) as conn:
+        manifest = tenants.export_tenant(conn, "acme", bundle, on_step=lambda *call: exported.append(call))
+        tenants.delete_tenant(conn, "acme", on_step=lambda *call: erased.append(call))
+        tenants.import_tenant(conn, bundle, on_step=lambda *call: imported.append(call))
+    rows = {name: meta["rows"] for name, meta in manifest["sections"].items()}
+    assert rows["items"] == 8 and rows["checkpoints"] > 3 and rows["checkpoint_blobs"] > 0
+
+    for verb, calls in (("export", exported), ("import", imported)):
+        steps = list(dict.fromkeys(step for step, _, _ in calls if step.startswith(verb)))
+        assert steps == [f"{verb} {name}" for name in tenants.SECTIONS]
+        for name, count in rows.items():
+            progress = [(done, total) for step, done, total in calls if step == f"{verb} {name}"]
+            assert {total for _, total in progress} == {count}, (verb, name, progress)
+            dones = [done for done, _ in progress]
+            assert dones == sorted(dones) and dones[0] == 0 and dones[-1] == count
+        assert [done for step, done, _ in calls if step == f"{verb} items"] == [0, 3, 6, 8]
+    assert erased == [("erase acme (tables)", done, 4) for done in range(5)]
+
+
 def test_delete_with_underscore_does_not_touch_lookalike_tenant(service):
     populate(service)
     keep = tenant_rows(service, "gloXbex")
@@ -250,6 +276,28 @@ def test_cli_tenant_commands(service, tmp_path):
     assert stats(service, "acme3").items == 4 and stats(service, "acme").items == 0
     bad_mode = runner.invoke(app, ["tenant", "import", str(bundle), "--mode", "overwrite"], env=env)
     assert bad_mode.exit_code == 1 and "--mode 'overwrite'" in bad_mode.output
+
+
+def test_cli_progress_bars_on_a_terminal_and_pure_json_with_json(service, tmp_path, monkeypatch):
+    from rich.console import Console
+
+    from memory import cli
+
+    populate(service)
+    monkeypatch.setattr(cli, "console", Console(force_terminal=True, width=120))  # stdout as a terminal
+    env = {"MEMORY_DATABASE_URL": service.database_url}
+    runner = CliRunner()
+    bundle = tmp_path / "acme.bundle"
+    shown = runner.invoke(app, ["tenant", "export", "acme", "-o", str(bundle)], env=env)
+    assert shown.exit_code == 0, shown.output
+    assert "export items" in shown.output and "4/4" in shown.output and "exported acme" in shown.output
+    for command in (["tenant", "export", "acme", "-o", str(bundle)], ["tenant", "delete", "acme", "--yes"],
+                    ["tenant", "import", str(bundle)]):
+        quiet = runner.invoke(app, [*command, "--json"], env=env)
+        assert quiet.exit_code == 0, quiet.output
+        assert isinstance(json.loads(quiet.output), dict) and "\x1b" not in quiet.output
+    erased = runner.invoke(app, ["tenant", "delete", "acme", "--yes"], env=env)
+    assert "erase acme (tables)" in erased.output and "4/4" in erased.output and "erased tenant acme" in erased.output
 
 
 def test_round_trip_and_clone_with_vectors(embedded_server, tmp_path):
