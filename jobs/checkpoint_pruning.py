@@ -43,7 +43,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
 from jobs import runs
 from jobs.report import FAILED, JobReport
@@ -200,13 +199,6 @@ def _replay_bases(
 # -- the job ------------------------------------------------------------------------------------
 
 
-def _fetch(conn: psycopg.Connection, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    # Never prepared: each statement is planned knowing its arrays and cutoff.
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query, params, prepare=False)
-        return cur.fetchall() if cur.description else []
-
-
 def _tenant_of(tenants: Iterable[str]) -> str:
     named = sorted(tenant for tenant in tenants if tenant)
     return named[0] if named else NO_TENANT
@@ -242,7 +234,7 @@ class _Run:
         return True
 
     def fetch(self, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-        return _fetch(self.conn, query, params)
+        return runs.fetch_unprepared(self.conn, query, params)
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -305,7 +297,7 @@ def prune_checkpoints(
     try:
         with runs.recorded_run(conn, JOB, dry_run=dry_run) as report:
             if now is None:
-                now = _fetch(conn, sql.DATABASE_NOW, {})[0]["now"]
+                now = runs.fetch_unprepared(conn, sql.DATABASE_NOW, {})[0]["now"]
             report.counts.update(dict.fromkeys(COUNTS, 0))
             run = _Run(conn, report, policy, tenant, dry_run, stop, on_batch)
             for name, run_pass in (("idle", _delete_idle_threads), ("trim", _trim_histories), ("orphans", _collect_orphans)):

@@ -60,6 +60,14 @@ def _fetch(conn: psycopg.Connection, query: str, params: dict[str, Any]) -> list
         return cur.fetchall()
 
 
+def fetch_unprepared(conn: psycopg.Connection, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows as dicts (none for a statement without any), never from a prepared statement: a job's
+    batch statements are planned knowing their arrays and how far along the walk is."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(query, params, prepare=False)
+        return cur.fetchall() if cur.description else []
+
+
 def require_autocommit(conn: psycopg.Connection) -> None:
     if not conn.autocommit:
         raise ValueError(
@@ -172,6 +180,7 @@ __all__ = [
     "JobBusy",
     "JobInterrupted",
     "abandon_stale_runs",
+    "fetch_unprepared",
     "finish_run",
     "history",
     "job_lock",

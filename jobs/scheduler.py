@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from functools import partial
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -55,44 +56,17 @@ def job_runners(settings: Any, database_url: str | None = None) -> dict[str, Job
     The backup job needs the database URL (pg_dump connects on its own), so it is there only with one.
     """
     policy = settings.retention_policy()
-
-    def run_ttl_cleanup(
-        conn: psycopg.Connection,
-        *,
-        dry_run: bool = False,
-        tenant: str | None = None,
-        stop: threading.Event | None = None,
-        on_batch: Callable[[JobReport], None] | None = None,
-    ) -> JobReport:
-        return ttl_cleanup(
-            conn,
-            policy,
-            None,
-            dry_run,
-            tenant=tenant,
-            batch_size=settings.retention_batch_size,
-            suffix=settings.namespace_suffix,
-            stop=stop,
-            on_batch=on_batch,
-        )
-
     prune_policy = PrunePolicy(
         idle_days=settings.checkpoints_delete_threads_idle_days,
         keep_latest=settings.checkpoints_keep_latest,
         legal_hold=policy.legal_hold,
     )
-
-    def run_prune_checkpoints(
-        conn: psycopg.Connection,
-        *,
-        dry_run: bool = False,
-        tenant: str | None = None,
-        stop: threading.Event | None = None,
-        on_batch: Callable[[JobReport], None] | None = None,
-    ) -> JobReport:
-        return prune_checkpoints(conn, prune_policy, None, dry_run, tenant=tenant, stop=stop, on_batch=on_batch)
-
-    runners: dict[str, JobRunner] = {TTL_CLEANUP: run_ttl_cleanup, PRUNE_CHECKPOINTS: run_prune_checkpoints}
+    runners: dict[str, JobRunner] = {
+        TTL_CLEANUP: partial(
+            ttl_cleanup, policy=policy, batch_size=settings.retention_batch_size, suffix=settings.namespace_suffix
+        ),
+        PRUNE_CHECKPOINTS: partial(prune_checkpoints, policy=prune_policy),
+    }
     if database_url:
         from memory.backup import backup_job
 

@@ -24,7 +24,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
 from jobs import runs
 from jobs.report import FAILED, JobReport
@@ -46,13 +45,6 @@ START: dict[str, Any] = {"after_expires_at": datetime.min.replace(tzinfo=timezon
 
 class CleanupFailed(MemoryServiceError):
     """The TTL cleanup failed."""
-
-
-def _fetch(conn: psycopg.Connection, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    # Never a prepared statement: a generic plan cannot see how far along the walk is.
-    with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(query, params, prepare=False)
-        return cur.fetchall() if cur.description else []
 
 
 def ttl_cleanup(
@@ -80,9 +72,9 @@ def ttl_cleanup(
     try:
         with runs.recorded_run(conn, JOB, dry_run=dry_run) as report:
             if now is None:
-                now = _fetch(conn, sql.DATABASE_NOW, {})[0]["now"]
+                now = runs.fetch_unprepared(conn, sql.DATABASE_NOW, {})[0]["now"]
             report.counts.update({"items": 0, "vectors": 0, "batches": 0})
-            has_vectors = bool(_fetch(conn, sql.STORE_VECTORS_PRESENT, {})[0]["present"])
+            has_vectors = bool(runs.fetch_unprepared(conn, sql.STORE_VECTORS_PRESENT, {})[0]["present"])
             params = {"now": now, "tenant": tenant, "batch_size": batch_size, "suffix": suffix, **policy.sql_params()}
             for sweep in SWEEPS if policy.expires_anything else SWEEPS[:1]:
                 report.counts.setdefault(sweep, 0)
@@ -121,7 +113,7 @@ def _batch(
     """One transaction: take a batch, delete its vectors and items (or count them, dry), per tenant."""
     started = time.perf_counter()
     with conn.transaction():
-        rows = _fetch(conn, statement, params)
+        rows = runs.fetch_unprepared(conn, statement, params)
         taken = rows[0]["taken"] if rows else 0
         deleted = sum(row["items"] for row in rows)
         if deleted != taken:  # the rows are locked: anything else is a bug, so roll back

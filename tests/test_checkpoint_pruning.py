@@ -6,22 +6,20 @@ from __future__ import annotations
 import json
 import operator
 import threading
-import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
 from typing import Annotated
 
 import langgraph.pregel._checkpoint as pregel_checkpoint
 import psycopg
 import pytest
-from deepagents import create_deep_agent
 from langgraph.graph import START, StateGraph
 from typing_extensions import TypedDict
 
 from jobs import runs
 from jobs.checkpoint_pruning import JOB, CheckpointRow, PrunePolicy, prune_checkpoints, trim_plan
 from memory import MemoryService
-from memory.scripted import script, tool_call
+from memory.scripted import tool_call
+from agent_runs import deep_agent
 from test_retention import _memory
 
 TABLES = ("checkpoints", "checkpoint_writes", "checkpoint_blobs")
@@ -30,16 +28,6 @@ KEEP_ONLY_RECENT = PrunePolicy(idle_days=0, keep_latest=3)
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def deep_agent(svc: MemoryService, *calls):
-    return create_deep_agent(
-        model=script(*calls, "done"),
-        backend=svc.backend(),
-        store=svc.store,
-        checkpointer=svc.checkpointer,
-        system_prompt=svc.system_prompt("You are a test assistant."),
-    )
 
 
 def config(thread_id: str, tenant: str) -> dict:

@@ -276,7 +276,6 @@ def test_serve_refuses_a_port_in_use_with_one_line(database_url):
 
 def test_backup_job_runs_from_the_cli_and_is_recorded(database_url, tmp_path):
     """`memory jobs run backup` takes a pg_dump backup under the job lock and records the run."""
-    import json
     import subprocess
     import sys
 
