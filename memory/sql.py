@@ -759,3 +759,59 @@ BENCH_PRUNE_COUNTS = """
 SELECT (SELECT count(*) FROM checkpoints) AS checkpoints, (SELECT count(DISTINCT thread_id) FROM checkpoints) AS threads,
        (SELECT count(*) FROM checkpoint_blobs) AS blobs, (SELECT count(*) FROM checkpoint_writes) AS writes
 """
+
+# -- thread ownership (memory/ownership.py, the thread_ownership migration) -----------------------
+# `memory_threads` names the owning tenant of each checkpoint thread (NULL: unattributed). The
+# checkpoint tables reference it (ON DELETE CASCADE), so no thread exists without an owner row.
+
+# The migration: a thread every checkpoint of which names one valid tenant goes to it; anything
+# else (no tenant, several, an invalid id, rows only in blobs/writes) stays unattributed.
+OWNERSHIP_BACKFILL = r"""
+INSERT INTO memory_threads (thread_id, tenant)
+SELECT thread_id,
+       CASE WHEN count(DISTINCT tenant) = 1 AND bool_and(tenant IS NOT NULL)
+                 AND min(tenant) ~ '^[A-Za-z0-9_@+:~-]{1,128}$'
+            THEN min(tenant) END
+  FROM (SELECT thread_id, metadata->>'assistant_id' AS tenant FROM checkpoints
+        UNION ALL SELECT thread_id, NULL FROM checkpoint_blobs
+                   WHERE thread_id NOT IN (SELECT thread_id FROM checkpoints)
+        UNION ALL SELECT thread_id, NULL FROM checkpoint_writes
+                   WHERE thread_id NOT IN (SELECT thread_id FROM checkpoints)) AS rows
+ GROUP BY thread_id
+ON CONFLICT (thread_id) DO NOTHING
+"""
+
+# The owner of one thread: no row when the thread is new (nobody wrote to it yet).
+OWNERSHIP_OWNER = "SELECT tenant FROM memory_threads WHERE thread_id = %(thread_id)s"
+
+# Claim a thread for a tenant on its first write; the owner row either way (none: a concurrent
+# claim committed after this statement's snapshot; ask again).
+OWNERSHIP_CLAIM = """
+WITH claimed AS (
+    INSERT INTO memory_threads (thread_id, tenant) VALUES (%(thread_id)s, %(tenant)s)
+    ON CONFLICT (thread_id) DO NOTHING
+    RETURNING tenant
+)
+SELECT tenant FROM claimed
+UNION ALL
+SELECT tenant FROM memory_threads WHERE thread_id = %(thread_id)s AND NOT EXISTS (SELECT 1 FROM claimed)
+"""
+
+# `list()` without a thread, and every list: only the tenant's threads (appended to the saver's WHERE).
+OWNERSHIP_LIST_SCOPE = "thread_id IN (SELECT thread_id FROM memory_threads WHERE tenant = %s)"
+
+# Admin: threads nobody owns, and giving one an owner (only an unattributed thread).
+OWNERSHIP_UNATTRIBUTED = """
+SELECT t.thread_id, t.created_at, count(c.checkpoint_id) AS checkpoints,
+       array_remove(array_agg(DISTINCT c.metadata->>'assistant_id'), NULL) AS named_tenants
+  FROM memory_threads t LEFT JOIN checkpoints c ON c.thread_id = t.thread_id
+ WHERE t.tenant IS NULL
+ GROUP BY t.thread_id, t.created_at
+ ORDER BY t.thread_id
+"""
+OWNERSHIP_ASSIGN = """
+UPDATE memory_threads SET tenant = %(tenant)s WHERE thread_id = %(thread_id)s AND tenant IS NULL
+RETURNING thread_id
+"""
+# Deleting a thread is deleting its owner row: the foreign keys cascade to its checkpoints, blobs, writes.
+OWNERSHIP_DELETE_THREAD = "DELETE FROM memory_threads WHERE thread_id = %(thread_id)s"
