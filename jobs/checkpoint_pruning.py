@@ -21,8 +21,8 @@ tables (SQL in `memory.sql`, `PRUNE_*`), recorded in `memory_job_runs` like ever
    only where the thread has moved past them (a run saves writes and blobs before their
    checkpoint commits: those are not orphans).
 
-Threads of tenants under legal hold (`metadata->>'assistant_id'`) are never touched; `tenant`
-limits every pass to one tenant's threads. A dry run computes the same and deletes nothing.
+Threads of tenants under legal hold (by their owner in `memory_threads`) and threads nobody owns
+are never touched; `tenant` limits every pass to one tenant's threads (a held one is refused). A dry run computes the same and deletes nothing.
 
 What trimming leaves: the kept checkpoints load exactly as before (`graph.get_state`), and the
 thread goes on. The ancestors kept only as a delta channel's replay base are still listed by
@@ -48,6 +48,7 @@ from jobs import runs
 from jobs.report import FAILED, JobReport
 from memory import sql
 from memory.errors import MemoryServiceError
+from memory.retention import refuse_held
 from memory.tenancy import validate_tenant_id
 
 JOB = "prune_checkpoints"
@@ -290,7 +291,7 @@ def prune_checkpoints(
     holds the job's lock.
     """
     if tenant is not None:
-        validate_tenant_id(tenant, "tenant")
+        refuse_held(validate_tenant_id(tenant, "tenant"), policy.legal_hold, "prune-checkpoints --tenant")
     unknown = sorted(set(passes) - set(PASSES))
     if unknown:
         raise ValueError(f"unknown pass {', '.join(unknown)}; the passes are {', '.join(PASSES)}")

@@ -387,8 +387,10 @@ SELECT %(tenant)s, %(erased_at)s::timestamptz, %(counts)s::jsonb
 # -- tenants (memory/tenants.py) ---------------------------------------------------------------
 # A tenant's store rows: prefix = <tenant> || '.' || ...; %(like)s is the escaped tenant || '.%'.
 _TENANT_ITEMS = r"prefix LIKE %(like)s ESCAPE '\'"
-# A tenant's checkpoint threads: those with any checkpoint whose metadata names it.
-_TENANT_THREADS = "SELECT DISTINCT thread_id FROM checkpoints WHERE metadata->>'assistant_id' = %(tenant)s"
+# A tenant's checkpoint threads: those `memory_threads` says it owns (never a guess from metadata).
+_TENANT_THREADS = "SELECT thread_id FROM memory_threads WHERE tenant = %(tenant)s"
+# Before thread ownership (a restored old backup, before its migration): the metadata was all there was.
+_TENANT_THREADS_BY_METADATA = "SELECT DISTINCT thread_id FROM checkpoints WHERE metadata->>'assistant_id' = %(tenant)s"
 
 TENANT_LIST = """
 WITH items AS (
@@ -396,9 +398,10 @@ WITH items AS (
            sum(octet_length(value::text)) AS bytes, max(updated_at) AS last_write
       FROM store GROUP BY 1
 ), threads AS (
-    SELECT metadata->>'assistant_id' AS tenant, count(DISTINCT thread_id) AS threads, count(*) AS checkpoints,
-           max(checkpoint->>'ts') AS last_checkpoint
-      FROM checkpoints WHERE metadata ? 'assistant_id' GROUP BY 1
+    SELECT t.tenant, count(DISTINCT t.thread_id) AS threads, count(c.thread_id) AS checkpoints,
+           max(c.checkpoint->>'ts') AS last_checkpoint
+      FROM memory_threads t LEFT JOIN checkpoints c ON c.thread_id = t.thread_id
+     WHERE t.tenant IS NOT NULL GROUP BY 1
 )
 SELECT coalesce(i.tenant, t.tenant) AS tenant, coalesce(i.items, 0) AS items, coalesce(i.bytes, 0) AS bytes,
        coalesce(t.threads, 0) AS threads, coalesce(t.checkpoints, 0) AS checkpoints, i.last_write, t.last_checkpoint
@@ -409,10 +412,11 @@ TENANT_ITEM_STATS = f"""
 SELECT count(*) AS items, coalesce(sum(octet_length(value::text)), 0) AS bytes, max(updated_at) AS last_write
   FROM store WHERE {_TENANT_ITEMS}
 """
-TENANT_THREAD_STATS = f"""
-SELECT count(DISTINCT thread_id) AS threads, count(*) AS checkpoints,
-       max(checkpoint->>'ts') AS last_checkpoint
-  FROM checkpoints WHERE thread_id IN ({_TENANT_THREADS})
+TENANT_THREAD_STATS = """
+SELECT count(DISTINCT t.thread_id) AS threads, count(c.thread_id) AS checkpoints,
+       max(c.checkpoint->>'ts') AS last_checkpoint
+  FROM memory_threads t LEFT JOIN checkpoints c ON c.thread_id = t.thread_id
+ WHERE t.tenant = %(tenant)s
 """
 TENANT_VECTORS_PRESENT = "SELECT to_regclass('store_vectors') IS NOT NULL AS present"
 
@@ -446,10 +450,13 @@ TENANT_DELETE_ITEMS = f"DELETE FROM store WHERE {_TENANT_ITEMS}"
 TENANT_DELETE_WRITES = "DELETE FROM checkpoint_writes WHERE thread_id = ANY(%(threads)s)"
 TENANT_DELETE_BLOBS = "DELETE FROM checkpoint_blobs WHERE thread_id = ANY(%(threads)s)"
 TENANT_DELETE_CHECKPOINTS = "DELETE FROM checkpoints WHERE thread_id = ANY(%(threads)s)"
-# The same erasure as one statement per table, for replay inside a restore script.
-TENANT_ERASE_WRITES = f"DELETE FROM checkpoint_writes WHERE thread_id IN ({_TENANT_THREADS})"
-TENANT_ERASE_BLOBS = f"DELETE FROM checkpoint_blobs WHERE thread_id IN ({_TENANT_THREADS})"
-TENANT_ERASE_CHECKPOINTS = f"DELETE FROM checkpoints WHERE thread_id IN ({_TENANT_THREADS})"
+TENANT_DELETE_THREADS = "DELETE FROM memory_threads WHERE thread_id = ANY(%(threads)s)"
+# The same erasure as one statement per table, for replay inside a restore script: by owner (the
+# cascade takes checkpoints, blobs and writes), or by metadata for a backup older than ownership.
+TENANT_ERASE_OWNED_THREADS = f"DELETE FROM memory_threads WHERE tenant = %(tenant)s"
+TENANT_ERASE_WRITES = f"DELETE FROM checkpoint_writes WHERE thread_id IN ({_TENANT_THREADS_BY_METADATA})"
+TENANT_ERASE_BLOBS = f"DELETE FROM checkpoint_blobs WHERE thread_id IN ({_TENANT_THREADS_BY_METADATA})"
+TENANT_ERASE_CHECKPOINTS = f"DELETE FROM checkpoints WHERE thread_id IN ({_TENANT_THREADS_BY_METADATA})"
 TENANT_RECORD_ERASURE = """
 INSERT INTO memory_tenant_erasures (tenant, counts) VALUES (%(tenant)s, %(counts)s)
 RETURNING id, tenant, erased_at, counts
@@ -490,6 +497,15 @@ VALUES (%(thread_id)s, %(checkpoint_ns)s, %(checkpoint_id)s, %(task_id)s, %(idx)
 ON CONFLICT DO NOTHING
 """
 TENANT_ALEMBIC_REVISION = "SELECT version_num FROM alembic_version"
+# Import: the owners of a bundle's (remapped) thread ids here, then claiming the unowned ones.
+TENANT_THREAD_OWNERS = """
+SELECT thread_id, tenant FROM memory_threads WHERE thread_id = ANY(%(threads)s)
+"""
+TENANT_CLAIM_THREADS = """
+INSERT INTO memory_threads (thread_id, tenant)
+SELECT unnest(%(threads)s::text[]), %(tenant)s
+ON CONFLICT (thread_id) DO NOTHING
+"""
 
 # -- benchmark: TTL sweep (bench/entries/sweep.py) ----------------------------------------------
 # `rows` memory files over `tenants` tenants, every other one expired a day ago (the expired half
@@ -559,14 +575,15 @@ BENCH_VACUUM_ANALYZE = "VACUUM (ANALYZE)"
 
 # -- checkpoint pruning (jobs/checkpoint_pruning.py) --------------------------------------------
 # Times compare as text: LangGraph writes `ts` as UTC isoformat(), and so does the job's cutoff.
-# Thread tenants are `metadata->>'assistant_id'` ('' when a checkpoint names none).
+# A thread's tenant is its owner in `memory_threads`; unattributed threads (no owner) are never touched.
 
 # Idle threads: old rows (the ts index) whose thread has no row at or after the cutoff.
 PRUNE_IDLE_THREADS = """
-SELECT c.thread_id, array_agg(DISTINCT coalesce(c.metadata->>'assistant_id', '')) AS tenants
+SELECT c.thread_id, array_agg(DISTINCT o.tenant) AS tenants
   FROM checkpoints c
+  JOIN memory_threads o ON o.thread_id = c.thread_id AND o.tenant IS NOT NULL
  WHERE (c.checkpoint->>'ts') < %(cutoff)s
-   AND (%(tenant)s::text IS NULL OR c.metadata->>'assistant_id' = %(tenant)s)
+   AND (%(tenant)s::text IS NULL OR o.tenant = %(tenant)s)
    AND NOT EXISTS (SELECT 1 FROM checkpoints n
                     WHERE n.thread_id = c.thread_id AND (n.checkpoint->>'ts') >= %(cutoff)s)
  GROUP BY c.thread_id
@@ -595,12 +612,11 @@ PRUNE_COUNT_THREADS = {
 # History trimming: threads with a namespace holding more than `keep` checkpoints.
 PRUNE_LONG_THREADS = """
 SELECT t.thread_id, t.tenants
-  FROM (SELECT thread_id, checkpoint_ns, count(*) AS n,
-               array_agg(DISTINCT coalesce(metadata->>'assistant_id', '')) AS tenants
-          FROM checkpoints
-         WHERE %(tenant)s::text IS NULL OR thread_id IN (
-               SELECT thread_id FROM checkpoints WHERE metadata->>'assistant_id' = %(tenant)s)
-         GROUP BY thread_id, checkpoint_ns) AS t
+  FROM (SELECT c.thread_id, c.checkpoint_ns, count(*) AS n, array_agg(DISTINCT o.tenant) AS tenants
+          FROM checkpoints c
+          JOIN memory_threads o ON o.thread_id = c.thread_id AND o.tenant IS NOT NULL
+         WHERE %(tenant)s::text IS NULL OR o.tenant = %(tenant)s
+         GROUP BY c.thread_id, c.checkpoint_ns) AS t
  WHERE t.n > %(keep)s
  ORDER BY t.thread_id
 """
@@ -654,11 +670,11 @@ UPDATE checkpoints SET parent_checkpoint_id = NULL
 # saves writes and blobs before their checkpoint commits, and those are not orphans.
 PRUNE_ORPHAN_WRITES = """
 WITH newest AS (
-    SELECT thread_id, checkpoint_ns, max(checkpoint_id) AS checkpoint_id,
-           array_agg(DISTINCT coalesce(metadata->>'assistant_id', '')) AS tenants
-      FROM checkpoints
-     WHERE %(tenant)s::text IS NULL OR metadata->>'assistant_id' = %(tenant)s
-     GROUP BY thread_id, checkpoint_ns
+    SELECT c.thread_id, c.checkpoint_ns, max(c.checkpoint_id) AS checkpoint_id, array_agg(DISTINCT o.tenant) AS tenants
+      FROM checkpoints c
+      JOIN memory_threads o ON o.thread_id = c.thread_id AND o.tenant IS NOT NULL
+     WHERE %(tenant)s::text IS NULL OR o.tenant = %(tenant)s
+     GROUP BY c.thread_id, c.checkpoint_ns
 )
 SELECT w.thread_id, w.checkpoint_ns, w.checkpoint_id, count(*) AS n, min(n.tenants) AS tenants
   FROM checkpoint_writes w
@@ -671,11 +687,11 @@ SELECT w.thread_id, w.checkpoint_ns, w.checkpoint_id, count(*) AS n, min(n.tenan
 """
 PRUNE_ORPHAN_BLOBS = """
 WITH refs AS (
-    SELECT c.thread_id, c.checkpoint_ns, v.key AS channel, v.value AS version,
-           coalesce(c.metadata->>'assistant_id', '') AS tenant
+    SELECT c.thread_id, c.checkpoint_ns, v.key AS channel, v.value AS version, o.tenant
       FROM checkpoints c
+      JOIN memory_threads o ON o.thread_id = c.thread_id AND o.tenant IS NOT NULL
      CROSS JOIN LATERAL jsonb_each_text(coalesce(c.checkpoint->'channel_versions', '{}'::jsonb)) AS v
-     WHERE %(tenant)s::text IS NULL OR c.metadata->>'assistant_id' = %(tenant)s
+     WHERE %(tenant)s::text IS NULL OR o.tenant = %(tenant)s
 ), newest AS (
     SELECT thread_id, checkpoint_ns, channel, max(version) AS version, array_agg(DISTINCT tenant) AS tenants
       FROM refs GROUP BY thread_id, checkpoint_ns, channel
@@ -815,3 +831,6 @@ RETURNING thread_id
 """
 # Deleting a thread is deleting its owner row: the foreign keys cascade to its checkpoints, blobs, writes.
 OWNERSHIP_DELETE_THREAD = "DELETE FROM memory_threads WHERE thread_id = %(thread_id)s"
+# After an upgrade: the ids of threads nobody owns (asked only once the ownership revision ran).
+OWNERSHIP_PRESENT = "SELECT to_regclass('memory_threads') IS NOT NULL AS present"
+OWNERSHIP_UNATTRIBUTED_IDS = "SELECT thread_id FROM memory_threads WHERE tenant IS NULL ORDER BY thread_id"
