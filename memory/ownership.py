@@ -1,5 +1,8 @@
 """Thread ownership: which tenant owns a checkpoint thread, claimed on its first write (here only).
 
+The claim itself is the database function `memory_claim_thread` (sql.OWNERSHIP_CLAIM_FUNCTION),
+which the saver queues in front of each write; this module checks reads and translates refusals.
+
 `memory_threads` holds one row per thread: its owning tenant, or NULL for a thread the upgrade
 could not attribute (see the thread_ownership migration). The checkpoint tables reference it, so a
 thread cannot exist without an owner row. Errors name the thread, never the other tenant.
@@ -13,10 +16,6 @@ import psycopg
 
 from memory import sql
 from memory.errors import ThreadAccessDenied
-
-CLAIM_ATTEMPTS = 3
-"""A claim racing another tenant's sees no row once (snapshot); asking again settles it."""
-
 
 def _denied(thread_id: str, owner: str | None) -> ThreadAccessDenied:
     if owner is None:
@@ -50,23 +49,17 @@ async def acheck(conn: psycopg.AsyncConnection, thread_id: str, tenant: str) -> 
     return _checked(thread_id, tenant, await cursor.fetchall())
 
 
-def claim(conn: psycopg.Connection, thread_id: str, tenant: str) -> None:
-    """Make `tenant` the owner of a new thread, or check it owns the existing one."""
-    params = {"thread_id": thread_id, "tenant": tenant}
-    for _ in range(CLAIM_ATTEMPTS):
-        if _checked(thread_id, tenant, conn.execute(sql.OWNERSHIP_CLAIM, params).fetchall()):
-            return
-    raise _denied(thread_id, "")
+CLAIM_REFUSED = "MT001"
+"""SQLSTATE `memory_claim_thread` raises with: another tenant owns the thread (detail: 'unattributed'
+when nobody does)."""
 
 
-async def aclaim(conn: psycopg.AsyncConnection, thread_id: str, tenant: str) -> None:
-    """Async twin of `claim`."""
-    params = {"thread_id": thread_id, "tenant": tenant}
-    for _ in range(CLAIM_ATTEMPTS):
-        cursor = await conn.execute(sql.OWNERSHIP_CLAIM, params)
-        if _checked(thread_id, tenant, await cursor.fetchall()):
-            return
-    raise _denied(thread_id, "")
+def refusal(exc: psycopg.Error, thread_id: str) -> ThreadAccessDenied | None:
+    """A refused claim as `ThreadAccessDenied`; None for any other driver error."""
+    if exc.sqlstate != CLAIM_REFUSED:
+        return None
+    unowned = exc.diag.message_detail == "unattributed"
+    return _denied(thread_id, None if unowned else "")
 
 
 def unattributed(conn: psycopg.Connection) -> list[dict[str, Any]]:

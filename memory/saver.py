@@ -5,12 +5,20 @@ context; then the ambient run or `bind_tenant`); with none, `TenantNotResolved` 
 or written. A thread is claimed for its tenant on its first write (`memory.ownership`); reading,
 listing, writing, pruning or deleting another tenant's thread raises `ThreadAccessDenied`.
 Everything else (DeltaChannel history, interrupts, subgraphs) is the official saver's own code.
+
+Writes cost no extra round trip: `put`/`put_writes` queue the claim (`memory_claim_thread`, which
+raises when another tenant owns the thread) first in the same pipeline or transaction the official
+code writes in, so the write happens only when the claim holds, atomically with it.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from typing import Any
+
+import psycopg
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import ChannelVersions, Checkpoint, CheckpointMetadata, CheckpointTuple
@@ -20,6 +28,10 @@ from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from memory import ownership, sql
 from memory.errors import LegalHoldError
 from memory.tenancy import resolve_run_tenant
+
+
+_CLAIM: ContextVar[dict[str, str] | None] = ContextVar("memory_thread_claim", default=None)
+"""The claim the next writing cursor runs first: set by `put`/`put_writes` around the official code."""
 
 
 def _thread(config: Mapping[str, Any] | None) -> str | None:
@@ -34,6 +46,11 @@ class _TenantScope:
 
     def _tenant(self, config: Mapping[str, Any] | None) -> str:
         return resolve_run_tenant(config)
+
+    @staticmethod
+    def _claiming(config: RunnableConfig, tenant: str):
+        """Set the claim of `config`'s thread for the writing cursor; the token to reset."""
+        return _CLAIM.set({"thread_id": _thread(config), "tenant": tenant})
 
     def _deletable(self, tenant: str) -> str:
         if tenant in self.legal_hold:
@@ -83,9 +100,26 @@ class TenantPostgresSaver(_TenantScope, PostgresSaver):
         with self._cursor() as cur:
             return ownership.check(cur, thread_id, tenant)
 
-    def _claim(self, thread_id: str, tenant: str) -> None:
-        with self._cursor() as cur:
-            ownership.claim(cur, thread_id, tenant)
+    @contextmanager
+    def _cursor(self, *, pipeline: bool = False) -> Iterator[Any]:
+        """The official cursor; a writing one (pipeline) runs the pending claim first, in its batch."""
+        claim = _CLAIM.get() if pipeline else None
+        with super()._cursor(pipeline=pipeline) as cur:
+            if claim is not None:
+                cur.execute(sql.OWNERSHIP_CLAIM_OR_RAISE, claim)
+            yield cur
+
+    def _write(self, config: RunnableConfig, tenant: str, write):
+        token = self._claiming(config, tenant)
+        try:
+            return write()
+        except psycopg.Error as exc:
+            denied = ownership.refusal(exc, _thread(config))
+            if denied is None:
+                raise
+            raise denied from exc
+        finally:
+            _CLAIM.reset(token)
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         tenant = self._tenant(config)
@@ -111,12 +145,12 @@ class TenantPostgresSaver(_TenantScope, PostgresSaver):
         self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
     ) -> RunnableConfig:
         tenant = self._tenant(config)
-        self._claim(_thread(config), tenant)
-        return super().put(config, checkpoint, self._stamped(metadata, tenant), new_versions)
+        stamped = self._stamped(metadata, tenant)
+        return self._write(config, tenant, lambda: super(TenantPostgresSaver, self).put(config, checkpoint, stamped, new_versions))
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = "") -> None:
-        self._claim(_thread(config), self._tenant(config))
-        super().put_writes(config, writes, task_id, task_path)
+        write = lambda: super(TenantPostgresSaver, self).put_writes(config, writes, task_id, task_path)  # noqa: E731
+        self._write(config, self._tenant(config), write)
 
     def delete_thread(self, thread_id: str) -> None:
         """Delete one of the current tenant's threads (checkpoints, blobs, writes and its owner row)."""
@@ -148,9 +182,26 @@ class AsyncTenantPostgresSaver(_TenantScope, AsyncPostgresSaver):
         async with self._cursor() as cur:
             return await ownership.acheck(cur, thread_id, tenant)
 
-    async def _claim(self, thread_id: str, tenant: str) -> None:
-        async with self._cursor() as cur:
-            await ownership.aclaim(cur, thread_id, tenant)
+    @asynccontextmanager
+    async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[Any]:
+        """Async twin of `TenantPostgresSaver._cursor`."""
+        claim = _CLAIM.get() if pipeline else None
+        async with super()._cursor(pipeline=pipeline) as cur:
+            if claim is not None:
+                await cur.execute(sql.OWNERSHIP_CLAIM_OR_RAISE, claim)
+            yield cur
+
+    async def _write(self, config: RunnableConfig, tenant: str, write):
+        token = self._claiming(config, tenant)
+        try:
+            return await write()
+        except psycopg.Error as exc:
+            denied = ownership.refusal(exc, _thread(config))
+            if denied is None:
+                raise
+            raise denied from exc
+        finally:
+            _CLAIM.reset(token)
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         tenant = self._tenant(config)
@@ -177,14 +228,16 @@ class AsyncTenantPostgresSaver(_TenantScope, AsyncPostgresSaver):
         self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata, new_versions: ChannelVersions
     ) -> RunnableConfig:
         tenant = self._tenant(config)
-        await self._claim(_thread(config), tenant)
-        return await super().aput(config, checkpoint, self._stamped(metadata, tenant), new_versions)
+        stamped = self._stamped(metadata, tenant)
+        return await self._write(
+            config, tenant, lambda: super(AsyncTenantPostgresSaver, self).aput(config, checkpoint, stamped, new_versions)
+        )
 
     async def aput_writes(
         self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
     ) -> None:
-        await self._claim(_thread(config), self._tenant(config))
-        await super().aput_writes(config, writes, task_id, task_path)
+        write = lambda: super(AsyncTenantPostgresSaver, self).aput_writes(config, writes, task_id, task_path)  # noqa: E731
+        await self._write(config, self._tenant(config), write)
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Async twin of `TenantPostgresSaver.delete_thread`."""

@@ -800,19 +800,6 @@ ON CONFLICT (thread_id) DO NOTHING
 # The owner of one thread: no row when the thread is new (nobody wrote to it yet).
 OWNERSHIP_OWNER = "SELECT tenant FROM memory_threads WHERE thread_id = %(thread_id)s"
 
-# Claim a thread for a tenant on its first write; the owner row either way (none: a concurrent
-# claim committed after this statement's snapshot; ask again).
-OWNERSHIP_CLAIM = """
-WITH claimed AS (
-    INSERT INTO memory_threads (thread_id, tenant) VALUES (%(thread_id)s, %(tenant)s)
-    ON CONFLICT (thread_id) DO NOTHING
-    RETURNING tenant
-)
-SELECT tenant FROM claimed
-UNION ALL
-SELECT tenant FROM memory_threads WHERE thread_id = %(thread_id)s AND NOT EXISTS (SELECT 1 FROM claimed)
-"""
-
 # `list()` without a thread, and every list: only the tenant's threads (appended to the saver's WHERE).
 OWNERSHIP_LIST_SCOPE = "thread_id IN (SELECT thread_id FROM memory_threads WHERE tenant = %s)"
 
@@ -834,3 +821,33 @@ OWNERSHIP_DELETE_THREAD = "DELETE FROM memory_threads WHERE thread_id = %(thread
 # After an upgrade: the ids of threads nobody owns (asked only once the ownership revision ran).
 OWNERSHIP_PRESENT = "SELECT to_regclass('memory_threads') IS NOT NULL AS present"
 OWNERSHIP_UNATTRIBUTED_IDS = "SELECT thread_id FROM memory_threads WHERE tenant IS NULL ORDER BY thread_id"
+OWNERSHIP_DROP_CLAIM_FUNCTION = "DROP FUNCTION IF EXISTS memory_claim_thread(text, text)"
+
+# -- thread ownership: the claim a saver write queues before its own statements -------------------
+# Created by the thread_ownership revision and again by every upgrade (CREATE OR REPLACE), so a
+# database restored from a dump of the tables alone has it too. A concurrent claim's row is seen by
+# the function's own later statement (READ COMMITTED: a new snapshot per statement).
+OWNERSHIP_CLAIM_FUNCTION = """
+CREATE OR REPLACE FUNCTION memory_claim_thread(p_thread_id text, p_tenant text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    owner text;
+BEGIN
+    INSERT INTO memory_threads (thread_id, tenant) VALUES (p_thread_id, p_tenant)
+    ON CONFLICT (thread_id) DO NOTHING;
+    IF FOUND THEN
+        RETURN;
+    END IF;
+    SELECT tenant INTO owner FROM memory_threads WHERE thread_id = p_thread_id;
+    IF owner IS DISTINCT FROM p_tenant THEN
+        RAISE EXCEPTION 'thread belongs to another tenant'
+            USING ERRCODE = 'MT001', DETAIL = CASE WHEN owner IS NULL THEN 'unattributed' ELSE 'owned' END;
+    END IF;
+END
+$$
+"""
+OWNERSHIP_CLAIM_OR_RAISE = "SELECT memory_claim_thread(%(thread_id)s, %(tenant)s)"
+
+# -- benchmark: the tenant-aware saver (bench/entries/saver.py) ----------------------------------
+# The baseline database as plain LangGraph has it: no ownership foreign key ({table}: a fixed name).
+BENCH_DROP_OWNERSHIP_FK = "ALTER TABLE {table} DROP CONSTRAINT fk_{table}_thread_id_memory_threads"

@@ -43,6 +43,7 @@ def upgrade() -> None:
     )
     op.create_index("ix_memory_threads_tenant", "memory_threads", ["tenant"])
     op.execute(sql.OWNERSHIP_BACKFILL)
+    op.execute(sql.OWNERSHIP_CLAIM_FUNCTION)
     for table in CHECKPOINT_TABLES:
         op.create_foreign_key(
             f"fk_{table}_thread_id_memory_threads", table, "memory_threads", ["thread_id"], ["thread_id"],
@@ -51,6 +52,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute(sql.OWNERSHIP_DROP_CLAIM_FUNCTION)
     for table in CHECKPOINT_TABLES:
         op.drop_constraint(f"fk_{table}_thread_id_memory_threads", table, type_="foreignkey")
     op.drop_index("ix_memory_threads_tenant", table_name="memory_threads")
