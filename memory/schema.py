@@ -61,3 +61,22 @@ tenant_erasures = Table(
     comment="Ledger of tenant erasures (`memory tenant delete`): who, when, how much.",
 )
 Index("ix_memory_tenant_erasures_tenant", tenant_erasures.c.tenant, tenant_erasures.c.erased_at.desc())
+
+quota_limits = Table(
+    "memory_quota_limits",
+    metadata,
+    Column("tenant", Text, primary_key=True),
+    Column("max_file_bytes", BigInteger, nullable=False, server_default=text("0")),
+    Column("max_tenant_bytes", BigInteger, nullable=False, server_default=text("0")),
+    Column("max_tenant_files", BigInteger, nullable=False, server_default=text("0")),
+    comment="Per-tenant quotas from [quota] ('*' = every other tenant; 0 = unlimited), enforced by triggers on store.",
+)
+
+tenant_usage = Table(
+    "memory_tenant_usage",
+    metadata,
+    Column("tenant", Text, primary_key=True),
+    Column("files", BigInteger, nullable=False, server_default=text("0")),
+    Column("bytes", BigInteger, nullable=False, server_default=text("0")),
+    comment="Store items and bytes per tenant, kept by the quota triggers on store in the writing statement.",
+)
