@@ -189,13 +189,13 @@ class TenantMemoryBackend(StoreBackend):
     def read(self, file_path: str, offset: int = 0, limit: int = 2000) -> ReadResult:
         """`StoreBackend.read`; a path the store cannot hold is an error, not a database exception."""
         if error := path_error(file_path):
-            return ReadResult(error=error)
+            return ReadResult(error=error.removeprefix("Error: "))  # the tool adds it to read errors
         return super().read(file_path, offset, limit)
 
     async def aread(self, file_path: str, offset: int = 0, limit: int = 2000) -> ReadResult:
         """Async twin of `read`."""
         if error := path_error(file_path):
-            return ReadResult(error=error)
+            return ReadResult(error=error.removeprefix("Error: "))  # the tool adds it to read errors
         return await super().aread(file_path, offset, limit)
 
     def delete(self, file_path: str) -> DeleteResult:
