@@ -66,7 +66,8 @@ def _n(value: Any) -> str:
 def describe(detail: dict[str, Any]) -> str:
     """One line naming the limit that was hit and the tenant's usage."""
     tenant, limit = detail.get("tenant", "?"), detail.get("limit", "?")
-    usage = f"tenant {tenant} holds {_n(detail.get('files'))} files, {_n(detail.get('bytes'))} bytes"
+    files = detail.get("files")
+    usage = f"tenant {tenant} holds {_n(files)} file{'' if files == 1 else 's'}, {_n(detail.get('bytes'))} bytes"
     if limit == "max_file_bytes":
         return (
             f"the item {detail.get('item')!r} would be {_n(detail.get('item_bytes'))} bytes, over "
