@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 
 from memory import sql
 from memory.errors import ConfigError, InvalidTenantId, MemoryServiceError
@@ -34,6 +35,11 @@ DEFAULT_TENANT = "*"
 
 NEAR_LIMIT_RATIO = 0.9
 """/metrics counts tenants using more than this share of a tenant-wide limit."""
+
+
+def _fetch(conn: psycopg.Connection, query: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Rows as dicts, whatever the connection's row factory."""
+    return conn.cursor(row_factory=dict_row).execute(query, params).fetchall()
 
 
 class QuotaExceeded(MemoryServiceError):
@@ -136,14 +142,14 @@ class QuotaPolicy:
 
 
 def _rows_in_database(conn: psycopg.Connection) -> list[tuple[str, Limits]]:
-    rows = conn.execute(sql.QUOTA_LIMITS_ALL).fetchall()
+    rows = _fetch(conn, sql.QUOTA_LIMITS_ALL)
     return [(r["tenant"], Limits(r["max_file_bytes"], r["max_tenant_bytes"], r["max_tenant_files"])) for r in rows]
 
 
 def apply_policy(conn: psycopg.Connection, policy: QuotaPolicy) -> bool:
     """Make `memory_quota_limits` hold `policy`; False when it already did (or the schema has no
     quota tables yet: `memory db upgrade` first)."""
-    if not conn.execute(sql.QUOTA_LIMITS_PRESENT).fetchone()["present"]:
+    if not _fetch(conn, sql.QUOTA_LIMITS_PRESENT)[0]["present"]:
         return False
     wanted = sorted(policy.rows())
     if sorted(_rows_in_database(conn)) == wanted:
@@ -198,13 +204,13 @@ class TenantQuota:
 def tenant_quota(conn: psycopg.Connection, tenant: str) -> TenantQuota:
     """A tenant's usage and its effective limits."""
     tenant = validate_tenant_id(tenant, "tenant")
-    row = conn.execute(sql.QUOTA_TENANT, {"tenant": tenant}).fetchone()
+    (row,) = _fetch(conn, sql.QUOTA_TENANT, {"tenant": tenant})
     return TenantQuota(tenant, **{key: int(row[key]) for key in ("files", "bytes", *LIMITS)})
 
 
 def tenants_near_limits(conn: psycopg.Connection, ratio: float = NEAR_LIMIT_RATIO) -> list[tuple[str, str]]:
     """`(tenant, limit)` for each tenant-wide limit a tenant uses more than `ratio` of."""
-    return [(r["tenant"], r["limit_name"]) for r in conn.execute(sql.QUOTA_NEAR_LIMITS, {"ratio": ratio}).fetchall()]
+    return [(r["tenant"], r["limit_name"]) for r in _fetch(conn, sql.QUOTA_NEAR_LIMITS, {"ratio": ratio})]
 
 
 def _escape(value: str) -> str:
@@ -214,6 +220,8 @@ def _escape(value: str) -> str:
 def metrics_lines(conn: psycopg.Connection, *, tenant_labels: bool = False) -> list[str]:
     """Prometheus lines: tenants over 90% of a limit, counted by limit (and named per tenant only
     with `[serve] tenant_labels = true`)."""
+    if not _fetch(conn, sql.QUOTA_LIMITS_PRESENT)[0]["present"]:
+        return []
     near = tenants_near_limits(conn)
     lines = [
         "# HELP memory_quota_tenants_near_limit Tenants using more than 90% of a tenant-wide quota, by limit.",

@@ -919,6 +919,11 @@ END
 $$
 """
 
+QUOTA_FUNCTIONS = (
+    QUOTA_CREATE_ITEM_BYTES, QUOTA_CREATE_ADD, QUOTA_CREATE_ON_INSERT, QUOTA_CREATE_ON_DELETE, QUOTA_CREATE_ON_UPDATE,
+)
+"""Idempotent (CREATE OR REPLACE): the migration, and a restore's prelude (memory/backup.py)."""
+
 QUOTA_CREATE_TRIGGERS = (
     """CREATE TRIGGER memory_quota_insert AFTER INSERT ON store
        REFERENCING NEW TABLE AS quota_new_rows FOR EACH STATEMENT EXECUTE FUNCTION memory_quota_on_insert()""",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
@@ -203,3 +204,22 @@ def test_tenant_stats_shows_usage_against_each_limit(database_url, monkeypatch):
     assert quota["files"] == 1 and quota["max_tenant_files"] == 4 and quota["max_tenant_bytes"] == 0
     table = runner.invoke(app, ["tenant", "stats", "acme"])
     assert table.exit_code == 0 and "max_tenant_files" in table.output and "unlimited" in table.output
+
+
+def test_a_restored_backup_keeps_usage_exact_and_quotas_enforced(service, pg_server, tmp_path):
+    from memory.backup import create_backup, restore_backup
+
+    with bind_tenant("acme"):
+        for i in range(3):
+            service.memory_backend().write(f"/{i}.md", "kept\n")
+    manifest = create_backup(service.database_url, tmp_path)
+    name = f"memory_restore_{uuid.uuid4().hex[:10]}"
+    target = pg_server.create_database(name)
+    try:
+        restore_backup(tmp_path / manifest.file, target)
+        assert usage_rows(target) == recounted(target) == usage_rows(service.database_url)
+        with MemoryService.open(database_url=target, quota_max_tenant_files=3) as svc:
+            with bind_tenant("acme"):
+                assert "max_tenant_files = 3" in svc.memory_backend().write("/3.md", "x").error
+    finally:
+        pg_server.drop_database(name)

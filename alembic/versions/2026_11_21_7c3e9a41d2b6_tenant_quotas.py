@@ -52,11 +52,7 @@ def upgrade() -> None:
     )
     driver = op.get_bind().connection.driver_connection  # plpgsql bodies hold '%': no bind-parameter parsing
     for statement in (
-        sql.QUOTA_CREATE_ITEM_BYTES,
-        sql.QUOTA_CREATE_ADD,
-        sql.QUOTA_CREATE_ON_INSERT,
-        sql.QUOTA_CREATE_ON_DELETE,
-        sql.QUOTA_CREATE_ON_UPDATE,
+        *sql.QUOTA_FUNCTIONS,
         sql.QUOTA_LOCK_STORE,
         *sql.QUOTA_CREATE_TRIGGERS,
         sql.QUOTA_RECOUNT,
