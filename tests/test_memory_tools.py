@@ -277,13 +277,16 @@ def test_async_listing_on_a_locked_table_times_out_with_the_protocols_message(
 ):
     async def scenario(svc) -> None:
         ours, plain = svc.memory_backend(), plain_backend(svc.store)
-        with bind_tenant(OURS):
-            grep, glob, ls = await asyncio.gather(ours.agrep("x"), ours.aglob("*.md"), ours.als("/"))
-        plain_grep = await plain.agrep("x")  # BackendProtocol's own agrep: to_thread + ASYNC_GREP_TIMEOUT
+        try:
+            with bind_tenant(OURS):
+                grep, glob, ls = await asyncio.gather(ours.agrep("x"), ours.aglob("*.md"), ours.als("/"))
+            plain_grep = await plain.agrep("x")  # BackendProtocol's own agrep: to_thread + ASYNC_GREP_TIMEOUT
+        finally:
+            lock_holder.rollback()  # the table is free again (and stuck worker threads can finish)
         assert grep.error == plain_grep.error == "Error: grep timed out after 1s. Try a more specific pattern or a narrower path."
         assert glob.error == "Error: glob timed out after 1s. Try a more specific pattern or a narrower path."
         assert ls.error == "Error: ls timed out after 1s. Try a more specific pattern or a narrower path."
-        lock_holder.rollback()  # the table is free again: the tools work on the same pool
+        # the tools work again on the same pool
         with bind_tenant(OURS):
             assert (await ours.awrite("/after.md", "x")).error is None
             assert [e["path"] for e in (await ours.als("/")).entries] == ["/after.md"]

@@ -14,7 +14,9 @@ import pytest
 from psycopg.rows import dict_row
 from typer.testing import CliRunner
 
-from memory import MemoryService, bind_tenant, quotas
+from langgraph.store.postgres import PostgresStore
+
+from memory import MemoryService, TenantMemoryBackend, bind_tenant, quotas
 from memory.cli import app
 from memory.db import connection
 from memory.errors import ConfigError
@@ -48,11 +50,17 @@ def test_thirty_two_racing_writers_against_ten_files_leave_exactly_ten(database_
     with MemoryService.open(database_url=database_url, database_pool_max_size=WRITERS + 2, quota_max_tenant_files=10) as svc:
         backend = svc.memory_backend()
         barrier = threading.Barrier(WRITERS)
+        # One store per writer, as 32 replicas would have: a PostgresStore serializes its own puts
+        # behind a lock, so writers sharing one store could never race in the database.
+        writers = [
+            TenantMemoryBackend(store=PostgresStore(svc.pool), resolver=svc.resolver, policy=svc.policy)
+            for _ in range(WRITERS)
+        ]
 
         def write(i: int):
             with bind_tenant("acme"):
                 barrier.wait(timeout=60)
-                return backend.write(f"/race/{i:02d}.md", f"writer {i}\n")
+                return writers[i].write(f"/race/{i:02d}.md", f"writer {i}\n")
 
         with ThreadPoolExecutor(max_workers=WRITERS) as pool:
             results = list(pool.map(write, range(WRITERS)))
