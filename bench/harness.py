@@ -83,13 +83,16 @@ class Context:
         return quick if self.quick else full
 
     @contextmanager
-    def service(self, label: str) -> Iterator[MemoryService]:
-        """A fresh, migrated database on the server, dropped afterwards, opened as a service."""
+    def service(self, label: str, **overrides: object) -> Iterator[MemoryService]:
+        """A fresh, migrated database on the server, dropped afterwards, opened as a service
+        (`overrides`: settings fields, e.g. quota limits)."""
         dbname = f"bench_{label}_{uuid.uuid4().hex[:8]}"
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             conn.execute(pgsql.SQL(sql.BENCH_CREATE_DATABASE).format(pgsql.Identifier(dbname)))
         try:
-            with MemoryService.open(database_url=with_dbname(self.admin_url, dbname), database_pool_max_size=4) as svc:
+            with MemoryService.open(
+                database_url=with_dbname(self.admin_url, dbname), database_pool_max_size=4, **overrides
+            ) as svc:
                 svc.setup()
                 yield svc
         finally:

@@ -59,6 +59,8 @@ SERVICE_TABLES = (
     "memory_threads",
     "memory_job_runs",
     "memory_tenant_erasures",
+    "memory_quota_limits",
+    "memory_tenant_usage",
     "alembic_version",
 )
 """Every table a backup may hold (those present are dumped), in restore-drop order."""
@@ -412,6 +414,8 @@ def restore_backup(
             prelude.append(_render(cur, pgsql.SQL(sql.RESTORE_CREATE_SCHEMA).format(schema=pgsql.Identifier(schema))))
         if "store_vectors" in manifest.tables:
             prelude.append(_render(cur, sql.RESTORE_CREATE_VECTOR))
+        # the quota triggers restored with `store` need their functions (pg_dump -t leaves them out)
+        prelude.extend(_render(cur, statement) for statement in sql.QUOTA_FUNCTIONS)
         for t in SERVICE_TABLES:
             prelude.append(
                 _render(cur, pgsql.SQL(sql.RESTORE_DROP_TABLE).format(table=pgsql.Identifier(schema, t)))

@@ -606,19 +606,27 @@ def tenant_stats_cmd(
     tenant: Annotated[str, typer.Argument(help="The tenant (assistant_id).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the stats as JSON.")] = False,
 ) -> None:
-    """One tenant's items, bytes, threads, checkpoints and last write."""
+    """One tenant's items, bytes, threads, checkpoints and last write; its usage against each quota."""
     from memory.db import connection
+    from memory.quotas import tenant_quota
     from memory.tenants import tenant_stats
 
     try:
         with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn:
             stats = tenant_stats(conn, tenant)
+            quota = tenant_quota(conn, tenant)
     except MemoryServiceError as exc:
         fail(exc)
     if as_json:
-        _print_json(stats.to_dict())
+        _print_json({**stats.to_dict(), "quota": quota.to_dict()})
     else:
         _print_tenant_stats([stats], False, f"Tenant {tenant}")
+        table = Table(title=f"Quotas of {tenant}")
+        for column in ("limit", "usage", "maximum"):
+            table.add_column(column)
+        for row in quota.rows():
+            table.add_row(*row)
+        console.print(table)
 
 
 @tenant_app.command("export")

@@ -9,6 +9,11 @@ gives them, then go through the very helpers `StoreBackend` uses (`_glob_search_
 
 A *listing* holds one call: its query and parameters, a collector for streamed rows (`add`) and
 the result built from them (`result`). `stream` and `astream` feed it, sync and async twins.
+
+TTLs: `StoreBackend` reads the whole namespace through `store.search`, and with refresh on read
+(the store's `ttl` config, on by default) that restarts the TTL of every live row of the namespace
+it returns. A listing does the same refresh, as one `UPDATE` in its own transaction before the
+rows are read (`sql.PUSHDOWN_REFRESH_TTL`): the same rows, one statement per call.
 """
 
 from __future__ import annotations
@@ -129,6 +134,8 @@ class Listing:
 
     query: str | None = None
     params: dict[str, Any]
+    namespace: dict[str, str]
+    """`namespace_params` of the listed namespace: the rows a TTL refresh restarts."""
     low: str = ""
     scope: str = "/"
 
@@ -152,7 +159,8 @@ class LsListing(Listing):
         self.scope = self.low = path if path.endswith("/") else path + "/"
         self.convert = convert
         self.query = sql.PUSHDOWN_LS if storable(self.scope) else None
-        self.params = {**namespace_params(namespace), "scope": self.scope}
+        self.namespace = namespace_params(namespace)
+        self.params = {**self.namespace, "scope": self.scope}
         self.infos: list[FileInfo] = []
         self.subdirs: set[str] = set()
 
@@ -184,6 +192,7 @@ class _FilesListing(Listing):
 
     def _plan(self, namespace: tuple[str, ...], path: str | None, glob: str | None) -> bool:
         """Set the common parameters; False when the helper will answer without any file."""
+        self.namespace = namespace_params(namespace)
         try:
             normalized = _normalize_path(path)
         except ValueError:
@@ -280,6 +289,12 @@ async def _aby_code_point(store: AsyncPostgresStore, conn: psycopg.AsyncConnecti
     return _KEYS_BY_CODE_POINT[store]
 
 
+def refreshes_on_read(store: PostgresStore | AsyncPostgresStore) -> bool:
+    """Whether `store.search` would restart the TTLs of the rows it returns (LangGraph's default)."""
+    config = store.ttl_config
+    return bool(config.get("refresh_on_read", True)) if config else True
+
+
 def stream(store: PostgresStore, listing: Listing) -> Any:
     """Run the listing's query on the store's pool (or shared connection) and return its result.
 
@@ -287,27 +302,37 @@ def stream(store: PostgresStore, listing: Listing) -> Any:
     chunked modes, `cursor.stream`, leave pooled connections unusable for the pipeline mode
     PostgresStore runs its batches in, so they are avoided.)
     """
-    if listing.query is not None:
+    refresh = refreshes_on_read(store)
+    if listing.query is not None or refresh:
         shared_connection = isinstance(store.conn, psycopg.Connection)
         with store.lock if shared_connection else nullcontext(), connection(store.conn) as conn:
-            params = listing.bound_params(_by_code_point(store, conn))
-            with conn.transaction(), conn.cursor(CURSOR_NAME, binary=True, row_factory=dict_row) as cursor:
-                cursor.itersize = FETCH_ROWS
-                cursor.execute(listing.query, params)
-                for row in cursor:
-                    listing.add(row)
+            params = listing.bound_params(_by_code_point(store, conn)) if listing.query is not None else {}
+            with conn.transaction():
+                if refresh:
+                    conn.execute(sql.PUSHDOWN_REFRESH_TTL, listing.namespace)
+                if listing.query is not None:
+                    with conn.cursor(CURSOR_NAME, binary=True, row_factory=dict_row) as cursor:
+                        cursor.itersize = FETCH_ROWS
+                        cursor.execute(listing.query, params)
+                        for row in cursor:
+                            listing.add(row)
     return listing.result()
 
 
 async def astream(store: AsyncPostgresStore, listing: Listing) -> Any:
     """Async twin of `stream`."""
-    if listing.query is not None:
+    refresh = refreshes_on_read(store)
+    if listing.query is not None or refresh:
         shared_connection = isinstance(store.conn, psycopg.AsyncConnection)
         async with store.lock if shared_connection else nullcontext(), aconnection(store.conn) as conn:
-            params = listing.bound_params(await _aby_code_point(store, conn))
-            async with conn.transaction(), conn.cursor(CURSOR_NAME, binary=True, row_factory=dict_row) as cursor:
-                cursor.itersize = FETCH_ROWS
-                await cursor.execute(listing.query, params)
-                async for row in cursor:
-                    listing.add(row)
+            params = listing.bound_params(await _aby_code_point(store, conn)) if listing.query is not None else {}
+            async with conn.transaction():
+                if refresh:
+                    await conn.execute(sql.PUSHDOWN_REFRESH_TTL, listing.namespace)
+                if listing.query is not None:
+                    async with conn.cursor(CURSOR_NAME, binary=True, row_factory=dict_row) as cursor:
+                        cursor.itersize = FETCH_ROWS
+                        await cursor.execute(listing.query, params)
+                        async for row in cursor:
+                            listing.add(row)
     return listing.result()

@@ -71,3 +71,22 @@ threads = Table(
     comment="The owning tenant of each checkpoint thread (NULL: unattributed, admin only).",
 )
 Index("ix_memory_threads_tenant", threads.c.tenant)
+
+quota_limits = Table(
+    "memory_quota_limits",
+    metadata,
+    Column("tenant", Text, primary_key=True),
+    Column("max_file_bytes", BigInteger, nullable=False, server_default=text("0")),
+    Column("max_tenant_bytes", BigInteger, nullable=False, server_default=text("0")),
+    Column("max_tenant_files", BigInteger, nullable=False, server_default=text("0")),
+    comment="Per-tenant quotas from [quota] ('*' = every other tenant; 0 = unlimited), enforced by triggers on store.",
+)
+
+tenant_usage = Table(
+    "memory_tenant_usage",
+    metadata,
+    Column("tenant", Text, primary_key=True),
+    Column("files", BigInteger, nullable=False, server_default=text("0")),
+    Column("bytes", BigInteger, nullable=False, server_default=text("0")),
+    comment="Store items and bytes per tenant, kept by the quota triggers on store in the writing statement.",
+)

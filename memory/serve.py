@@ -22,7 +22,7 @@ import psycopg
 
 from jobs import runs
 from jobs.scheduler import JobMetrics, JobScheduler, ScheduledJob, scheduled_jobs
-from memory import migrations
+from memory import migrations, quotas
 from memory.db import check_reachable
 from memory.errors import MemoryServiceError
 
@@ -135,14 +135,17 @@ class Probe:
     def metrics(self) -> str:
         jobs = [job.name for job in self.scheduler.jobs]
         last_success: dict[str, float] = {}
+        quota_lines: list[str] = []
         database_up = True
         try:
             with psycopg.connect(self.svc.database_url, autocommit=True, connect_timeout=3) as conn:
                 last_success = {job: at.timestamp() for job, at in runs.last_successes(conn).items() if at}
+                quota_lines = quotas.metrics_lines(conn, tenant_labels=self.svc.settings.serve_tenant_labels)
         except psycopg.Error as exc:
             database_up = False
             logger.warning("metrics: database unavailable: %s", runs.one_line(exc))
-        return render_metrics(self.scheduler.metrics, jobs, last_success, database_up)
+        text = render_metrics(self.scheduler.metrics, jobs, last_success, database_up)
+        return text + "".join(line + "\n" for line in quota_lines)
 
 
 def handler_for(probe: Probe) -> type[BaseHTTPRequestHandler]:

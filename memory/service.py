@@ -11,7 +11,7 @@ from deepagents.backends import CompositeBackend, StateBackend
 from deepagents.backends.protocol import BackendProtocol
 from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
 
-from memory import migrations, usage
+from memory import migrations, quotas, usage
 from memory.backend import TenantMemoryBackend
 from memory.db import aopen_pool, connection, open_pool
 from memory.embedded import EmbeddedPostgres
@@ -55,6 +55,16 @@ def _index(settings: MemorySettings):
     return index_config(settings.index_dims, settings.index_embed, settings.index_fields)
 
 
+def _apply_quotas(url: str, settings: MemorySettings) -> None:
+    """`[quota]` into the database's quota table (a no-op when it already holds them)."""
+    import psycopg
+
+    from memory.db import pool_kwargs
+
+    with psycopg.connect(url, **pool_kwargs(settings.database_prepare_threshold)) as conn:
+        quotas.apply_policy(conn, settings.quota_policy())
+
+
 class MemoryService:
     """Use `MemoryService.open()` (sync) or `MemoryService.aopen()` (async); both are context managers."""
 
@@ -87,6 +97,8 @@ class MemoryService:
                 settings.database_pool_max_size,
                 prepare_threshold=settings.database_prepare_threshold,
             ) as pool:
+                with connection(pool) as conn:
+                    quotas.apply_policy(conn, settings.quota_policy())
                 store = PostgresStore(pool, index=_index(settings), ttl=_ttl(settings))
                 yield cls(settings, url, pool, store, TenantPostgresSaver(pool, legal_hold=_held(settings)))
         finally:
@@ -107,6 +119,7 @@ class MemoryService:
                 prepare_threshold=settings.database_prepare_threshold,
             )
             async with pool:
+                await asyncio.to_thread(_apply_quotas, url, settings)
                 store = AsyncPostgresStore(pool, index=_index(settings), ttl=_ttl(settings))
                 yield cls(settings, url, pool, store, AsyncTenantPostgresSaver(pool, legal_hold=_held(settings)))
         finally:
@@ -116,13 +129,16 @@ class MemoryService:
     # -- schema ---------------------------------------------------------------------------
 
     def setup(self) -> migrations.SchemaState:
-        """Upgrade the schema to head: our tables (alembic), LangGraph's (their setup()), indexes."""
-        return migrations.upgrade(
+        """Upgrade the schema to head: our tables (alembic), LangGraph's (their setup()), indexes;
+        then the `[quota]` limits into the database."""
+        state = migrations.upgrade(
             self.database_url,
             schema=self.settings.database_schema,
             index=self.store.index_config,
             prepare_threshold=self.settings.database_prepare_threshold,
         )
+        _apply_quotas(self.database_url, self.settings)
+        return state
 
     async def asetup(self) -> migrations.SchemaState:
         """`setup()` in a worker thread (alembic is synchronous)."""

@@ -13,12 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from memory.errors import ConfigError
+from memory.quotas import QuotaPolicy
 from memory.retention import RetentionPolicy, Rule
 
 DEFAULT_CONFIG_PATH = Path("config") / "memory.toml"
 """Read from the working directory when present (the repository's defaults)."""
 
-SECTIONS = ("database", "namespace", "prompt", "retention", "checkpoints", "schedule", "backup", "index", "serve")
+SECTIONS = ("database", "namespace", "prompt", "retention", "checkpoints", "schedule", "backup", "index", "serve", "quota")
 """TOML tables whose keys become `<table>_<key>` settings fields."""
 
 
@@ -34,6 +35,17 @@ class RetentionRule(BaseModel):
     path: str = "/memories/"
     tenant: str | None = None
     ttl_days: float = Field(ge=0)
+
+
+class QuotaRule(BaseModel):
+    """Limits of one tenant; a limit left out is the `[quota]` default (0 = unlimited)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str
+    max_file_bytes: int | None = Field(None, ge=0)
+    max_tenant_bytes: int | None = Field(None, ge=0)
+    max_tenant_files: int | None = Field(None, ge=0)
 
 
 class MemorySettings(BaseSettings):
@@ -73,6 +85,12 @@ class MemorySettings(BaseSettings):
 
     serve_host: str = "127.0.0.1"
     serve_port: int = Field(9464, ge=0, le=65535)
+    serve_tenant_labels: bool = False
+
+    quota_max_file_bytes: int = Field(0, ge=0)
+    quota_max_tenant_bytes: int = Field(0, ge=0)
+    quota_max_tenant_files: int = Field(0, ge=0)
+    quota_rules: list[QuotaRule] = []
 
     index_dims: int = Field(0, ge=0)
     index_embed: str = ""
@@ -118,6 +136,22 @@ class MemorySettings(BaseSettings):
         """Refuse an invalid policy at load (overlapping rules, bad paths or tenants) with one line."""
         self.retention_policy()
         return self
+
+    @model_validator(mode="after")
+    def _valid_quota_policy(self) -> MemorySettings:
+        self.quota_policy()
+        return self
+
+    def quota_policy(self) -> QuotaPolicy:
+        """The `[quota]` settings: default limits and per-tenant overrides."""
+        return QuotaPolicy.build(
+            {
+                "max_file_bytes": self.quota_max_file_bytes,
+                "max_tenant_bytes": self.quota_max_tenant_bytes,
+                "max_tenant_files": self.quota_max_tenant_files,
+            },
+            [rule.model_dump() for rule in self.quota_rules],
+        )
 
     def retention_policy(self) -> RetentionPolicy:
         """The `[retention]` settings as the immutable policy the backend and the cleanup job take."""

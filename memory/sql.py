@@ -851,3 +851,242 @@ OWNERSHIP_CLAIM_OR_RAISE = "SELECT memory_claim_thread(%(thread_id)s, %(tenant)s
 # -- benchmark: the tenant-aware saver (bench/entries/saver.py) ----------------------------------
 # The baseline database as plain LangGraph has it: no ownership foreign key ({table}: a fixed name).
 BENCH_DROP_OWNERSHIP_FK = "ALTER TABLE {table} DROP CONSTRAINT fk_{table}_thread_id_memory_threads"
+
+# -- memory tools: vectors in step, TTL refresh on listing, quotas (issue 13) ----------------------
+
+# SWAP_ITEM_VALUE with the item's vectors replaced in the same statement (stores with an index):
+# only when the swap applies, the item's `store_vectors` rows become exactly `fields` with their
+# `embeddings` (pgvector text literals, computed before the statement from the new value).
+SWAP_ITEM_VALUE_AND_VECTORS = f"""
+WITH swapped AS ({SWAP_ITEM_VALUE.strip()}
+RETURNING prefix, key
+), stale AS (
+    DELETE FROM store_vectors v USING swapped s
+     WHERE v.prefix = s.prefix AND v.key = s.key AND v.field_name <> ALL (%(fields)s::text[])
+), fresh AS (
+    INSERT INTO store_vectors (prefix, key, field_name, embedding, created_at, updated_at)
+    SELECT s.prefix, s.key, f.field_name, f.embedding::vector, now(), now()
+      FROM swapped s, unnest(%(fields)s::text[], %(embeddings)s::text[]) AS f(field_name, embedding)
+    ON CONFLICT (prefix, key, field_name) DO UPDATE
+       SET embedding = EXCLUDED.embedding, updated_at = now()
+)
+SELECT count(*) AS swapped FROM swapped
+"""
+
+# Listing with refresh on read (memory/pushdown.py): plain StoreBackend lists through
+# store.search over the whole namespace, which restarts the TTL of every row it returns; this is
+# that refresh in one statement, run in the listing's transaction: the same rows (the namespace
+# and its descendants, live, with a TTL), the same expression as PostgresStore's.
+PUSHDOWN_REFRESH_TTL = r"""
+UPDATE store
+   SET expires_at = now() + (ttl_minutes || ' minutes')::interval
+ WHERE (prefix = %(namespace)s OR prefix LIKE %(namespace_like)s ESCAPE '\')
+   AND ttl_minutes IS NOT NULL
+   AND (expires_at IS NULL OR expires_at > now())
+"""
+
+# Per-tenant quotas (memory/quotas.py), enforced by triggers on `store`: every writer (the tools,
+# the HTTP Store API through PostgresStore, import, psql) is counted and limited alike. A tenant
+# is a store prefix's first label; every namespace of the tenant counts. `memory_tenant_usage`
+# holds each tenant's files and bytes, kept by the triggers in the writing statement: the usage
+# row's lock (taken by the upsert) makes a tenant's writers take turns, so racing writers cannot
+# overshoot a limit. Limits: `memory_quota_limits`, the tenant's row, else the '*' row; 0 = none.
+# A statement that would take a tenant over a limit fails with SQLSTATE QUOTA_SQLSTATE and a JSON
+# DETAIL (memory.quotas reads it); a change that does not grow usage is never refused.
+QUOTA_SQLSTATE = "MQ001"
+
+# An item's bytes: a file's content (UTF-8) plus the rest of its JSON value (metadata); any other
+# value, its JSON text.
+QUOTA_CREATE_ITEM_BYTES = """
+CREATE OR REPLACE FUNCTION memory_item_bytes(value jsonb) RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN jsonb_typeof(value->'content') = 'string'
+                THEN octet_length(value->>'content') + octet_length((value - 'content')::text)
+                ELSE octet_length(value::text) END::bigint
+$$
+"""
+
+# Adds a tenant's change to its usage and refuses it when it grows past a limit. `largest` is the
+# size of the largest item the change writes (NULL: it grows none), `item` that item's key.
+QUOTA_CREATE_ADD = f"""
+CREATE OR REPLACE FUNCTION memory_quota_add(tenant text, files bigint, bytes bigint, largest bigint, item text)
+RETURNS void LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    used record;
+    lim record;
+    exceeded text;
+BEGIN
+    INSERT INTO memory_tenant_usage AS u (tenant, files, bytes)
+    VALUES (memory_quota_add.tenant, memory_quota_add.files, memory_quota_add.bytes)
+    ON CONFLICT ON CONSTRAINT pk_memory_tenant_usage
+    DO UPDATE SET files = u.files + EXCLUDED.files, bytes = u.bytes + EXCLUDED.bytes
+    RETURNING u.files, u.bytes INTO used;
+    IF memory_quota_add.files <= 0 AND memory_quota_add.bytes <= 0 AND largest IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT l.max_file_bytes, l.max_tenant_bytes, l.max_tenant_files INTO lim
+      FROM memory_quota_limits l
+     WHERE l.tenant IN (memory_quota_add.tenant, '*')
+     ORDER BY l.tenant = '*'
+     LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    IF lim.max_file_bytes > 0 AND largest > lim.max_file_bytes THEN
+        exceeded := 'max_file_bytes';
+    ELSIF lim.max_tenant_files > 0 AND memory_quota_add.files > 0 AND used.files > lim.max_tenant_files THEN
+        exceeded := 'max_tenant_files';
+    ELSIF lim.max_tenant_bytes > 0 AND memory_quota_add.bytes > 0 AND used.bytes > lim.max_tenant_bytes THEN
+        exceeded := 'max_tenant_bytes';
+    ELSE
+        RETURN;
+    END IF;
+    RAISE EXCEPTION 'memory quota: tenant % would exceed %', memory_quota_add.tenant, exceeded
+        USING ERRCODE = '{QUOTA_SQLSTATE}',
+              DETAIL = json_build_object(
+                  'tenant', memory_quota_add.tenant, 'limit', exceeded,
+                  'max_file_bytes', lim.max_file_bytes, 'max_tenant_bytes', lim.max_tenant_bytes,
+                  'max_tenant_files', lim.max_tenant_files,
+                  'files', used.files - memory_quota_add.files, 'bytes', used.bytes - memory_quota_add.bytes,
+                  'files_after', used.files, 'bytes_after', used.bytes,
+                  'item', item, 'item_bytes', largest)::text,
+              HINT = 'delete or shrink memory files of the tenant, or raise its [quota] limits';
+END
+$$
+"""
+
+# Statement-level for inserts and deletes (one usage update per tenant per statement, COPY and
+# bulk imports included); row-level for updates, only when the value changes (a TTL refresh
+# that sets expires_at alone never fires it).
+QUOTA_CREATE_ON_INSERT = """
+CREATE OR REPLACE FUNCTION memory_quota_on_insert() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE r record;
+BEGIN
+    FOR r IN
+        SELECT split_part(n.prefix, '.', 1) AS tenant, count(*) AS files, sum(b.bytes)::bigint AS bytes,
+               max(b.bytes) AS largest, (array_agg(n.key ORDER BY b.bytes DESC))[1] AS item
+          FROM quota_new_rows n CROSS JOIN LATERAL (SELECT memory_item_bytes(n.value) AS bytes) b
+         GROUP BY 1 ORDER BY 1
+    LOOP
+        PERFORM memory_quota_add(r.tenant, r.files, r.bytes, r.largest, r.item);
+    END LOOP;
+    RETURN NULL;
+END
+$$
+"""
+
+QUOTA_CREATE_ON_DELETE = """
+CREATE OR REPLACE FUNCTION memory_quota_on_delete() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE r record;
+BEGIN
+    FOR r IN
+        SELECT split_part(o.prefix, '.', 1) AS tenant, count(*) AS files, sum(memory_item_bytes(o.value))::bigint AS bytes
+          FROM quota_old_rows o GROUP BY 1 ORDER BY 1
+    LOOP
+        PERFORM memory_quota_add(r.tenant, -r.files, -r.bytes, NULL, NULL);
+    END LOOP;
+    RETURN NULL;
+END
+$$
+"""
+
+QUOTA_CREATE_ON_UPDATE = """
+CREATE OR REPLACE FUNCTION memory_quota_on_update() RETURNS trigger
+LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+DECLARE
+    old_bytes bigint := memory_item_bytes(OLD.value);
+    new_bytes bigint := memory_item_bytes(NEW.value);
+BEGIN
+    IF split_part(OLD.prefix, '.', 1) <> split_part(NEW.prefix, '.', 1) THEN
+        PERFORM memory_quota_add(split_part(OLD.prefix, '.', 1), -1, -old_bytes, NULL, NULL);
+        PERFORM memory_quota_add(split_part(NEW.prefix, '.', 1), 1, new_bytes, new_bytes, NEW.key);
+    ELSE
+        PERFORM memory_quota_add(split_part(NEW.prefix, '.', 1), 0, new_bytes - old_bytes,
+                                 CASE WHEN new_bytes > old_bytes THEN new_bytes END, NEW.key);
+    END IF;
+    RETURN NULL;
+END
+$$
+"""
+
+QUOTA_FUNCTIONS = (
+    QUOTA_CREATE_ITEM_BYTES, QUOTA_CREATE_ADD, QUOTA_CREATE_ON_INSERT, QUOTA_CREATE_ON_DELETE, QUOTA_CREATE_ON_UPDATE,
+)
+"""Idempotent (CREATE OR REPLACE): the migration, and a restore's prelude (memory/backup.py)."""
+
+QUOTA_CREATE_TRIGGERS = (
+    """CREATE TRIGGER memory_quota_insert AFTER INSERT ON store
+       REFERENCING NEW TABLE AS quota_new_rows FOR EACH STATEMENT EXECUTE FUNCTION memory_quota_on_insert()""",
+    """CREATE TRIGGER memory_quota_delete AFTER DELETE ON store
+       REFERENCING OLD TABLE AS quota_old_rows FOR EACH STATEMENT EXECUTE FUNCTION memory_quota_on_delete()""",
+    """CREATE TRIGGER memory_quota_update AFTER UPDATE OF prefix, value ON store
+       FOR EACH ROW WHEN (OLD.value IS DISTINCT FROM NEW.value OR OLD.prefix IS DISTINCT FROM NEW.prefix)
+       EXECUTE FUNCTION memory_quota_on_update()""",
+)
+
+QUOTA_DROP = (
+    "DROP TRIGGER IF EXISTS memory_quota_insert ON store",
+    "DROP TRIGGER IF EXISTS memory_quota_delete ON store",
+    "DROP TRIGGER IF EXISTS memory_quota_update ON store",
+    "DROP FUNCTION IF EXISTS memory_quota_on_insert()",
+    "DROP FUNCTION IF EXISTS memory_quota_on_delete()",
+    "DROP FUNCTION IF EXISTS memory_quota_on_update()",
+    "DROP FUNCTION IF EXISTS memory_quota_add(text, bigint, bigint, bigint, text)",
+    "DROP FUNCTION IF EXISTS memory_item_bytes(jsonb)",
+)
+
+# Usage from the rows themselves (the migration, and `recount` after a restore that loaded rows
+# with the triggers off); under a SHARE lock so no write slips between the count and the swap.
+QUOTA_LOCK_STORE = "LOCK TABLE store IN SHARE MODE"
+QUOTA_RECOUNT = """
+WITH counted AS (
+    SELECT split_part(prefix, '.', 1) AS tenant, count(*) AS files, coalesce(sum(memory_item_bytes(value)), 0)::bigint AS bytes
+      FROM store GROUP BY 1
+), cleared AS (
+    DELETE FROM memory_tenant_usage WHERE tenant NOT IN (SELECT tenant FROM counted)
+)
+INSERT INTO memory_tenant_usage (tenant, files, bytes)
+SELECT tenant, files, bytes FROM counted
+ON CONFLICT ON CONSTRAINT pk_memory_tenant_usage DO UPDATE SET files = EXCLUDED.files, bytes = EXCLUDED.bytes
+"""
+
+# Only tenants with a TTL'd row are worth a refresh: without this index a listing's refresh would
+# visit every row of the namespace to find none (the common case: no TTLs).
+QUOTA_TTL_PREFIX_INDEX = """CREATE INDEX CONCURRENTLY IF NOT EXISTS memory_store_ttl_prefix_idx
+ON store (prefix text_pattern_ops) WHERE ttl_minutes IS NOT NULL"""
+
+QUOTA_LIMITS_PRESENT = "SELECT to_regclass('memory_quota_limits') IS NOT NULL AS present"
+QUOTA_LIMITS_ALL = """
+SELECT tenant, max_file_bytes, max_tenant_bytes, max_tenant_files FROM memory_quota_limits ORDER BY tenant
+"""
+QUOTA_LIMITS_CLEAR = "DELETE FROM memory_quota_limits"
+QUOTA_LIMITS_SET = """
+INSERT INTO memory_quota_limits (tenant, max_file_bytes, max_tenant_bytes, max_tenant_files)
+SELECT * FROM unnest(%(tenants)s::text[], %(max_file_bytes)s::bigint[], %(max_tenant_bytes)s::bigint[],
+                     %(max_tenant_files)s::bigint[])
+"""
+
+# One tenant's usage and effective limits (zeros when none).
+QUOTA_TENANT = """
+SELECT coalesce(u.files, 0) AS files, coalesce(u.bytes, 0) AS bytes,
+       coalesce(l.max_file_bytes, 0) AS max_file_bytes, coalesce(l.max_tenant_bytes, 0) AS max_tenant_bytes,
+       coalesce(l.max_tenant_files, 0) AS max_tenant_files
+  FROM (SELECT %(tenant)s::text AS tenant) t
+  LEFT JOIN memory_tenant_usage u ON u.tenant = t.tenant
+  LEFT JOIN LATERAL (SELECT * FROM memory_quota_limits l WHERE l.tenant IN (t.tenant, '*')
+                      ORDER BY l.tenant = '*' LIMIT 1) l ON true
+"""
+
+# Tenants using more than `ratio` of a tenant-wide limit, by limit (for /metrics).
+QUOTA_NEAR_LIMITS = """
+SELECT u.tenant, lim.name AS limit_name
+  FROM memory_tenant_usage u
+ CROSS JOIN LATERAL (SELECT * FROM memory_quota_limits l WHERE l.tenant IN (u.tenant, '*')
+                      ORDER BY l.tenant = '*' LIMIT 1) l
+ CROSS JOIN LATERAL (VALUES ('max_tenant_files', u.files, l.max_tenant_files),
+                            ('max_tenant_bytes', u.bytes, l.max_tenant_bytes)) AS lim(name, used, maximum)
+ WHERE lim.maximum > 0 AND lim.used > %(ratio)s * lim.maximum
+ ORDER BY u.tenant COLLATE "C", lim.name
+"""

@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from langchain_core.embeddings import Embeddings
+from langgraph.store.base import get_text_at_path
 
 from memory import sql
 from memory.db import describe_url
@@ -87,3 +88,42 @@ def require_pgvector(conn: psycopg.Connection, url: str) -> None:
             f"the server at {where} has no pgvector extension; "
             "install pgvector there or set [index] dims = 0 (MEMORY_INDEX_DIMS=0)"
         )
+
+
+# -- keeping an item's vectors in step with its value ------------------------------------------
+
+
+def item_texts(store: Any, value: dict[str, Any]) -> list[tuple[str, str]]:
+    """`(field_name, text)` pairs the store embeds for `value`, named as `PostgresStore.put` names
+    them (`content`, or `content.0`, `content.1`... for a list); empty when the store has no index."""
+    config = getattr(store, "index_config", None)
+    if not config:
+        return []
+    pairs: list[tuple[str, str]] = []
+    for path, tokenized in config["__tokenized_fields"]:
+        texts = get_text_at_path(value, tokenized)
+        pairs.extend((f"{path}.{i}" if len(texts) > 1 else path, text) for i, text in enumerate(texts))
+    return pairs
+
+
+def _literal(vector: list[float]) -> str:
+    return "[" + ",".join(repr(float(x)) for x in vector) + "]"
+
+
+def vector_params(fields: list[str], vectors: list[list[float]]) -> dict[str, Any]:
+    """`fields` and `embeddings` (pgvector text literals) for `sql.SWAP_ITEM_VALUE_AND_VECTORS`."""
+    return {"fields": fields, "embeddings": [_literal(vector) for vector in vectors]}
+
+
+def embed_value(store: Any, value: dict[str, Any]) -> dict[str, Any]:
+    """Embed `value` with the store's own embeddings: the vector parameters of a swap."""
+    pairs = item_texts(store, value)
+    vectors = store.embeddings.embed_documents([text for _, text in pairs]) if pairs else []
+    return vector_params([field for field, _ in pairs], vectors)
+
+
+async def aembed_value(store: Any, value: dict[str, Any]) -> dict[str, Any]:
+    """Async twin of `embed_value`."""
+    pairs = item_texts(store, value)
+    vectors = await store.embeddings.aembed_documents([text for _, text in pairs]) if pairs else []
+    return vector_params([field for field, _ in pairs], vectors)

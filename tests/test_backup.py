@@ -134,8 +134,11 @@ def _ledger(url: str) -> list[tuple[str, object]]:
 def _drop_our_tables(url: str) -> None:
     """What a database looked like before the ledger existed: LangGraph's tables only, no alembic."""
     with psycopg.connect(url, autocommit=True) as conn:
-        for table in ("memory_threads", "memory_tenant_erasures", "memory_job_runs", "alembic_version"):
+        for table in ("memory_threads", "memory_tenant_erasures", "memory_job_runs", "memory_quota_limits",
+                      "memory_tenant_usage", "alembic_version"):
             conn.execute(f"DROP TABLE {table} CASCADE")
+        for statement in sql.QUOTA_DROP:
+            conn.execute(statement)
 
 
 @pytest.mark.parametrize("backup_ledger", ["absent", "older"])

@@ -201,6 +201,8 @@ def test_serve_endpoints_report_runs_and_readiness(database_url):
     assert 'memory_job_last_success_timestamp_seconds{job="ttl_cleanup"} ' in metrics
     assert 'memory_job_duration_seconds_count{job="ttl_cleanup"} ' in metrics
     assert "memory_database_up 1" in metrics
+    assert 'memory_quota_tenants_near_limit{limit="max_tenant_files"} 0' in metrics  # no tenant names by default
+    assert "memory_quota_tenant_near_limit{" not in metrics
 
 
 @pytest.fixture
