@@ -39,7 +39,7 @@ from memory import migrations, sql
 from memory.api import store as store_api
 from memory.api.auth import JwtAuth, authenticator
 from memory.api.errors import ApiError
-from memory.api.limits import BodyLimitMiddleware
+from memory.api.limits import RequestLimitsMiddleware
 from memory.api.metrics import ApiMetrics, JobCollector
 from memory.db import unavailable
 
@@ -212,7 +212,11 @@ def create_app(
         routes=[Route("/health", health), Route("/ready", ready), Route("/metrics", metrics)],
         middleware=[
             Middleware(RequestMetricsMiddleware, metrics=api_metrics),
-            Middleware(BodyLimitMiddleware, max_bytes=settings.api_max_body_bytes),
+            Middleware(
+                RequestLimitsMiddleware,
+                max_bytes=settings.api_max_body_bytes,
+                max_header_bytes=settings.api_max_header_bytes,
+            ),
         ],
         exception_handlers={
             ApiError: _api_error,

@@ -6,8 +6,8 @@
   within `read_timeout_s` of the moment the server starts waiting for it, or the connection is
   closed. The head's size is bounded by h11's `max_incomplete_event_size` (uvicorn's
   `h11_max_incomplete_event_size`): larger heads get 400 and a closed connection.
-- `BodyLimitMiddleware`: bodies over `max_body_bytes` get 413, whether announced by
-  Content-Length or streamed.
+- `RequestLimitsMiddleware`: heads over `max_header_bytes` get 431 (however they arrived), bodies
+  over `max_body_bytes` 413, whether announced by Content-Length or streamed.
 """
 
 from __future__ import annotations
@@ -73,16 +73,26 @@ class BodyTooLarge(Exception):
     pass
 
 
-class BodyLimitMiddleware:
-    """Refuse request bodies over `max_bytes` with 413 `{"detail": ...}`."""
+class RequestLimitsMiddleware:
+    """Refuse request heads over `max_header_bytes` (431) and bodies over `max_bytes` (413).
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    h11's buffer limit only bounds a head that arrives in pieces; a large head arriving in one read
+    is parsed whole, so its size is checked here too.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, max_header_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_header_bytes = max_header_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        head = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        head += sum(len(name) + len(value) + 4 for name, value in scope["headers"])
+        if head > self.max_header_bytes:
+            await _refuse(send, 431, f"request head over {self.max_header_bytes} bytes ([api] max_header_bytes)")
             return
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -91,7 +101,7 @@ class BodyLimitMiddleware:
                 except ValueError:
                     announced = 0
                 if announced > self.max_bytes:
-                    await self._refuse(send)
+                    await self._too_large(send)
                     return
         received = 0
         started = False
@@ -115,16 +125,20 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await self._refuse(send)
+                await self._too_large(send)
 
-    async def _refuse(self, send: Send) -> None:
-        body = orjson.dumps({"detail": f"request body over {self.max_bytes} bytes ([api] max_body_bytes)"})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+    async def _too_large(self, send: Send) -> None:
+        await _refuse(send, 413, f"request body over {self.max_bytes} bytes ([api] max_body_bytes)")
+
+
+async def _refuse(send: Send, status: int, detail: str) -> None:
+    body = orjson.dumps({"detail": detail})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                        (b"connection", b"close")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
