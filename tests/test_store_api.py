@@ -614,3 +614,72 @@ def test_keys_create_list_revoke_from_the_cli(server):
     assert unknown.stderr == "error: no API key with id 'nope'; `memory keys list` shows the ids\n"
     bad = _memory(server.database_url, "keys", "create", "a.b")
     assert bad.returncode == 1 and bad.stderr.startswith("error: tenant 'a.b' contains '.'")
+
+
+# -- --no-jobs and --jobs-only -------------------------------------------------------------------------
+
+
+def _serve_in_thread(svc, **kwargs):
+    from memory.serve import serve
+
+    stop = threading.Event()
+    ready: dict[str, object] = {}
+    thread = threading.Thread(
+        target=serve,
+        kwargs={"svc": svc, "host": "127.0.0.1", "port": 0, "stop": stop,
+                "on_ready": lambda url, jobs: ready.update(url=url, jobs=jobs), **kwargs},
+    )
+    thread.start()
+    deadline = time.monotonic() + 60
+    while "url" not in ready and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return thread, stop, ready
+
+
+def test_jobs_only_serves_no_store_api_and_no_jobs_runs_no_job(database_url):
+    from apscheduler.triggers.cron import CronTrigger
+
+    from jobs.scheduler import ScheduledJob, job_runners
+
+    with MemoryService.open(database_url=database_url, database_pool_max_size=3) as svc:
+        every_second = ScheduledJob("ttl_cleanup", CronTrigger(second="*", timezone=timezone.utc),
+                                    job_runners(svc.settings)["ttl_cleanup"], "* * * * * *")
+        with _connect(database_url) as conn:
+            key = create_key(conn, "acme")[1]
+        for mode in ("jobs_only", "no_jobs"):
+            thread, stop, ready = _serve_in_thread(svc, jobs=[every_second], **{mode: True})
+            try:
+                base = ready["url"]
+                assert httpx.get(f"{base}/health", timeout=10).status_code == 200
+                assert httpx.get(f"{base}/ready", timeout=10).status_code == 200
+                search = httpx.post(f"{base}/store/items/search", json={}, headers={"x-api-key": key}, timeout=10)
+                if mode == "jobs_only":
+                    assert [job.name for job in ready["jobs"]] == ["ttl_cleanup"]
+                    assert search.status_code == 404
+                    deadline = time.monotonic() + 30
+                    while _job_runs(database_url) == 0 and time.monotonic() < deadline:
+                        time.sleep(0.2)
+                    assert _job_runs(database_url) >= 1
+                else:
+                    assert ready["jobs"] == []
+                    assert search.status_code == 200 and search.json() == {"items": []}
+                    before = _job_runs(database_url)
+                    time.sleep(2.5)  # two ticks of the every-second trigger, had it been scheduled
+                    assert _job_runs(database_url) == before
+                    metrics = httpx.get(f"{base}/metrics", timeout=10).text
+                    assert 'memory_job_runs_total{job="ttl_cleanup",status="succeeded"} 0.0' in metrics
+            finally:
+                stop.set()
+                thread.join(timeout=60)
+            assert not thread.is_alive()
+
+
+def _job_runs(database_url: str) -> int:
+    with _connect(database_url) as conn:
+        return conn.execute("SELECT count(*) AS n FROM memory_job_runs WHERE status <> 'running'").fetchone()["n"]
+
+
+def test_no_jobs_and_jobs_only_together_is_one_error_line(database_url):
+    done = _memory(database_url, "serve", "--no-jobs", "--jobs-only", "--port", "0")
+    assert done.returncode == 1
+    assert done.stderr == "error: --no-jobs and --jobs-only exclude each other: pass one (or neither for both)\n"
