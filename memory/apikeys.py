@@ -125,8 +125,18 @@ def revoke_key(conn: psycopg.Connection, key_id: str) -> ApiKey:
     return _row(row)
 
 
-async def aauthenticate(conn: psycopg.AsyncConnection, secret: str) -> Principal | None:
+def authenticate(conn: psycopg.Connection, secret: str) -> Principal | None:
     """The principal of a live key with this secret (stamping its last use), or None."""
+    if not secret.startswith(KEY_PREFIX):
+        return None
+    row = conn.execute(sql.API_KEY_AUTHENTICATE, {"key_hash": hash_secret(secret)}).fetchone()
+    if row is None:
+        return None
+    return Principal(tenant=row["tenant"], admin=row["admin"], key_id=row["id"])
+
+
+async def aauthenticate(conn: psycopg.AsyncConnection, secret: str) -> Principal | None:
+    """Async twin of `authenticate` (what the server uses)."""
     if not secret.startswith(KEY_PREFIX):
         return None
     cursor = await conn.execute(sql.API_KEY_AUTHENTICATE, {"key_hash": hash_secret(secret)})
@@ -135,12 +145,3 @@ async def aauthenticate(conn: psycopg.AsyncConnection, secret: str) -> Principal
         return None
     return Principal(tenant=row["tenant"], admin=row["admin"], key_id=row["id"])
 
-
-def authenticate(conn: psycopg.Connection, secret: str) -> Principal | None:
-    """Sync twin of `aauthenticate`."""
-    if not secret.startswith(KEY_PREFIX):
-        return None
-    row = conn.execute(sql.API_KEY_AUTHENTICATE, {"key_hash": hash_secret(secret)}).fetchone()
-    if row is None:
-        return None
-    return Principal(tenant=row["tenant"], admin=row["admin"], key_id=row["id"])

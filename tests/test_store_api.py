@@ -37,7 +37,7 @@ from psycopg.rows import dict_row
 
 from conftest import TEMPLATE
 from memory import MemoryService
-from memory.apikeys import create_key, list_keys, revoke_key
+from memory.apikeys import Principal, authenticate, create_key, list_keys, revoke_key
 
 ROOT = Path(__file__).resolve().parent.parent
 HELD = "held"
@@ -339,7 +339,9 @@ def test_no_key_a_bad_key_and_a_revoked_key_get_401(server):
     with _connect(server.database_url) as conn:
         [listed] = [k for k in list_keys(conn) if k.id == key_id]
         assert listed.last_used_at is not None
+        assert authenticate(conn, key) == Principal(tenant, admin=False, key_id=key_id)
         revoke_key(conn, key_id)
+        assert authenticate(conn, key) is None
     with pytest.raises(AuthenticationError):
         store.get_item(ns, "k")
 
@@ -418,6 +420,17 @@ def test_bad_namespaces_and_bodies_are_422_with_the_reason(server):
     with httpx.Client(base_url=server.url, headers=headers, timeout=30) as raw:  # what the SDK refuses to send
         dotted = raw.put("/store/items", json={"namespace": [tenant, "a.b"], "key": "k", "value": {}})
         assert dotted.status_code == 422 and "'.'" in dotted.json()["detail"]
+        for method, path, body in (
+            ("DELETE", "/store/items", {"namespace": [tenant, "a.b"], "key": "k"}),
+            ("POST", "/store/items/search", {"namespace_prefix": [tenant, "a.b"]}),
+            ("POST", "/store/namespaces", {"prefix": [tenant, "a.b"]}),
+            ("POST", "/store/namespaces", {"suffix": ["a.b"]}),
+            ("POST", "/store/items/search", {"namespace_prefix": ["someone-else", "a.b"]}),  # checked before scoping
+            ("POST", "/store/namespaces", {"prefix": ["someone-else", "a.b"]}),
+            ("GET", "/store/items?namespace=someone-else.&key=k", None),
+        ):
+            refused = raw.request(method, path, json=body)
+            assert refused.status_code == 422 and "'.'" in refused.json()["detail"], (method, path, refused.text)
         assert raw.get("/store/items", params={"namespace": f"{tenant}..x", "key": "k"}).status_code == 422
         assert raw.get("/store/items", params={"key": "k"}).status_code == 422
         not_object = raw.put("/store/items", json={"namespace": [tenant], "key": "k", "value": [1]})
@@ -431,12 +444,30 @@ def test_bad_namespaces_and_bodies_are_422_with_the_reason(server):
         assert raw.get("/nope").status_code == 404
 
 
-def test_a_body_over_the_limit_is_413(server):
+def test_a_body_over_the_limit_is_413_announced_or_streamed(server):
     tenant = _tenant()
-    store = server.client(server.key(tenant)).store
+    key = server.key(tenant)
+    store = server.client(key).store
     with pytest.raises(Exception) as refused:
         store.put_item([tenant], "big", {"content": "x" * (MAX_BODY + 1)})
     assert refused.value.response.status_code == 413
+    assert store.get_item([tenant], "big") is None
+
+    # Announced: refused at once, before the body is read (none is sent here).
+    head = (f"PUT /store/items HTTP/1.1\r\nHost: x\r\nx-api-key: {key}\r\ncontent-type: application/json\r\n"
+            f"content-length: {MAX_BODY * 100}\r\n\r\n").encode()
+    assert _raw_reply(server.url, head).startswith(b"HTTP/1.1 413")
+
+    # Streamed without a length (chunked): refused once the limit is crossed.
+    def chunks():
+        yield b'{"namespace": ["' + tenant.encode() + b'"], "key": "big", "value": {"content": "'
+        for _ in range(MAX_BODY // 1024 + 1):
+            yield b"x" * 1024
+        yield b'"}}'
+
+    with httpx.Client(base_url=server.url, headers={"x-api-key": key}, timeout=30) as raw:
+        streamed = raw.put("/store/items", content=chunks())
+    assert streamed.status_code == 413 and "max_body_bytes" in streamed.json()["detail"]
     assert store.get_item([tenant], "big") is None
 
 
