@@ -338,12 +338,12 @@ def jobs_history(
 
 @app.command()
 def serve(
-    host: Annotated[Optional[str], typer.Option(help="Address to listen on (default [serve] host).")] = None,
-    port: Annotated[Optional[int], typer.Option(help="Port for the API and /health /ready /metrics (default [serve] port; 0 picks one).")] = None,
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on (default: host in the serve section).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port for the API and /health /ready /metrics (default: port in the serve section; 0 picks one).")] = None,
     no_jobs: Annotated[bool, typer.Option("--no-jobs", help="Serve the Store API without the scheduler (API replicas).")] = False,
     jobs_only: Annotated[bool, typer.Option("--jobs-only", help="Run the scheduler without the Store API (/health /ready /metrics stay).")] = False,
 ) -> None:
-    """Serve the Store API and /health, /ready, /metrics, and run the scheduled jobs ([schedule]), until SIGTERM."""
+    """Serve the Store API and /health, /ready, /metrics, and run the scheduled jobs (schedule section), until SIGTERM."""
     import logging
 
     from memory.serve import serve as run_serve
