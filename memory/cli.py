@@ -348,33 +348,122 @@ def jobs_history(
 
 @app.command()
 def serve(
-    host: Annotated[Optional[str], typer.Option(help="Address to listen on (default [serve] host).")] = None,
-    port: Annotated[Optional[int], typer.Option(help="Port for /health /ready /metrics (default [serve] port; 0 picks one).")] = None,
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on (default: host in the serve section).")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port for the API and /health /ready /metrics (default: port in the serve section; 0 picks one).")] = None,
+    no_jobs: Annotated[bool, typer.Option("--no-jobs", help="Serve the Store API without the scheduler (API replicas).")] = False,
+    jobs_only: Annotated[bool, typer.Option("--jobs-only", help="Run the scheduler without the Store API (/health /ready /metrics stay).")] = False,
 ) -> None:
-    """Run the scheduled jobs ([schedule]) and serve /health, /ready, /metrics until SIGTERM."""
+    """Serve the Store API and /health, /ready, /metrics, and run the scheduled jobs (schedule section), until SIGTERM."""
     import logging
 
     from memory.serve import serve as run_serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    _quiet_alembic()  # /ready reads the schema revision on every probe
+    _quiet_alembic()
 
     def announce(url: str, jobs) -> None:
         scheduled = ", ".join(f"{job.name} ({job.schedule})" for job in jobs) or "none"
-        print(f"serving {url}/health /ready /metrics; jobs: {scheduled}", flush=True)
+        store = "" if jobs_only else " /store"
+        print(f"serving {url}/health /ready /metrics{store}; jobs: {scheduled}", flush=True)
 
     try:
+        if no_jobs and jobs_only:
+            raise MemoryServiceError("--no-jobs and --jobs-only exclude each other: pass one (or neither for both)")
         with _open_service() as svc:
             run_serve(
                 svc,
                 host=host if host is not None else svc.settings.serve_host,
                 port=port if port is not None else svc.settings.serve_port,
                 on_ready=announce,
+                no_jobs=no_jobs,
+                jobs_only=jobs_only,
             )
     except MemoryServiceError as exc:
         fail(exc)
     print("stopped", flush=True)
+
+
+# -- API keys -------------------------------------------------------------------------------------
+
+keys_app = typer.Typer(help="Store API keys: create (shown once), list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _utc(at) -> str:
+    from datetime import timezone
+
+    return at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if at else "-"
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Argument(help="The tenant the key reaches: namespaces whose first label is it.")],
+    name: Annotated[str, typer.Option("--name", help="A label to recognise the key by (who or what uses it).")] = "",
+    admin: Annotated[bool, typer.Option("--admin", help="Reach every tenant's namespaces (operators only).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the key and its secret as JSON.")] = False,
+) -> None:
+    """Create an API key and print its secret once; only its sha256 is stored."""
+    from memory.apikeys import create_key
+    from memory.db import connection
+
+    try:
+        with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn:
+            key, secret = create_key(conn, tenant, name=name, admin=admin)
+    except MemoryServiceError as exc:
+        fail(exc)
+    if as_json:
+        _print_json({**key.to_dict(), "secret": secret})
+        return
+    print(secret)
+    err_console.print(
+        f"key {key.id} for {key.reaches}{' (admin)' if key.admin else ''}: the secret above is shown only now; "
+        "send it as x-api-key (langgraph_sdk: get_client(url=..., api_key=...))",
+        markup=False, highlight=False, soft_wrap=True,
+    )
+
+
+@keys_app.command("list")
+def keys_list(as_json: Annotated[bool, typer.Option("--json", help="Print the keys as JSON.")] = False) -> None:
+    """Every API key (never its secret): tenant, name, admin, created, last used, revoked."""
+    from memory.apikeys import list_keys
+    from memory.db import connection
+
+    try:
+        with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn:
+            keys = list_keys(conn)
+    except MemoryServiceError as exc:
+        fail(exc)
+    if as_json:
+        _print_json([key.to_dict() for key in keys])
+        return
+    table = Table(title="API keys")
+    for column in ("id", "tenant", "name", "admin", "created (UTC)", "last used (UTC)", "revoked (UTC)"):
+        table.add_column(column, no_wrap=column == "id")
+    for key in keys:
+        table.add_row(key.id, key.tenant, key.name, "yes" if key.admin else "", _utc(key.created_at),
+                      _utc(key.last_used_at), _utc(key.revoked_at))
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(metavar="ID", help="The key's id (`memory keys list`).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the revoked key as JSON.")] = False,
+) -> None:
+    """Revoke a key: its next request is refused (401)."""
+    from memory.apikeys import revoke_key
+    from memory.db import connection
+
+    try:
+        with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn:
+            key = revoke_key(conn, key_id)
+    except MemoryServiceError as exc:
+        fail(exc)
+    if as_json:
+        _print_json(key.to_dict())
+    else:
+        console.print(f"revoked key {key.id} ({key.reaches}) at {_utc(key.revoked_at)} UTC", markup=False, highlight=False)
 
 
 # -- backup and tenant ---------------------------------------------------------------------------

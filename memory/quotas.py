@@ -213,26 +213,8 @@ def tenants_near_limits(conn: psycopg.Connection, ratio: float = NEAR_LIMIT_RATI
     return [(r["tenant"], r["limit_name"]) for r in _fetch(conn, sql.QUOTA_NEAR_LIMITS, {"ratio": ratio})]
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def metrics_lines(conn: psycopg.Connection, *, tenant_labels: bool = False) -> list[str]:
-    """Prometheus lines: tenants over 90% of a limit, counted by limit (and named per tenant only
-    with `[serve] tenant_labels = true`)."""
+def near_limits_if_enabled(conn: psycopg.Connection) -> list[tuple[str, str]] | None:
+    """`tenants_near_limits`, or None on a database without the quota tables (not migrated)."""
     if not _fetch(conn, sql.QUOTA_LIMITS_PRESENT)[0]["present"]:
-        return []
-    near = tenants_near_limits(conn)
-    lines = [
-        "# HELP memory_quota_tenants_near_limit Tenants using more than 90% of a tenant-wide quota, by limit.",
-        "# TYPE memory_quota_tenants_near_limit gauge",
-    ]
-    for limit in ("max_tenant_bytes", "max_tenant_files"):
-        count = sum(1 for _, name in near if name == limit)
-        lines.append(f'memory_quota_tenants_near_limit{{limit="{limit}"}} {count}')
-    if tenant_labels:
-        lines.append("# HELP memory_quota_tenant_near_limit 1 for each tenant using more than 90% of the limit.")
-        lines.append("# TYPE memory_quota_tenant_near_limit gauge")
-        for tenant, limit in near:
-            lines.append(f'memory_quota_tenant_near_limit{{tenant="{_escape(tenant)}",limit="{limit}"}} 1')
-    return lines
+        return None
+    return tenants_near_limits(conn)

@@ -90,3 +90,17 @@ tenant_usage = Table(
     Column("bytes", BigInteger, nullable=False, server_default=text("0")),
     comment="Store items and bytes per tenant, kept by the quota triggers on store in the writing statement.",
 )
+
+api_keys = Table(
+    "memory_api_keys",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("tenant", Text, nullable=False),
+    Column("name", Text, nullable=False, server_default=text("''")),
+    Column("admin", Boolean, nullable=False, server_default=text("false")),
+    Column("key_hash", Text, nullable=False, unique=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("last_used_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    comment="Store API keys (`memory keys`): sha256 of the secret, the tenant it reaches (all with admin).",
+)

@@ -6,10 +6,10 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from memory.errors import ConfigError
@@ -19,7 +19,7 @@ from memory.retention import RetentionPolicy, Rule
 DEFAULT_CONFIG_PATH = Path("config") / "memory.toml"
 """Read from the working directory when present (the repository's defaults)."""
 
-SECTIONS = ("database", "namespace", "prompt", "retention", "checkpoints", "schedule", "backup", "index", "serve", "quota")
+SECTIONS = ("database", "namespace", "prompt", "retention", "checkpoints", "schedule", "backup", "index", "serve", "quota", "api")
 """TOML tables whose keys become `<table>_<key>` settings fields."""
 
 
@@ -92,6 +92,22 @@ class MemorySettings(BaseSettings):
     quota_max_tenant_files: int = Field(0, ge=0)
     quota_rules: list[QuotaRule] = []
 
+    api_auth: Literal["keys", "jwt"] = "keys"
+    api_jwt_secret: str = ""
+    api_jwt_public_key_file: str = ""
+    api_jwt_algorithms: list[str] = ["HS256"]
+    api_jwt_tenant_claim: str = "tenant"
+    api_jwt_admin_claim: str = ""
+    api_jwt_audience: str = ""
+    api_jwt_issuer: str = ""
+    api_key_cache_s: float = Field(0, ge=0, le=3600)
+    api_read_timeout_s: float = Field(10, gt=0, le=3600)
+    api_keep_alive_s: int = Field(5, ge=1, le=3600)
+    api_max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)
+    api_max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+    api_max_page: int = Field(1000, ge=1, le=100_000)
+    api_shutdown_timeout_s: float = Field(30, ge=0, le=3600)
+
     index_dims: int = Field(0, ge=0)
     index_embed: str = ""
     index_fields: list[str] = ["content"]
@@ -161,6 +177,14 @@ class MemorySettings(BaseSettings):
             legal_hold=self.retention_legal_hold,
             refresh_on_read=self.retention_refresh_on_read,
         )
+
+    @field_validator("api_jwt_public_key_file")
+    @classmethod
+    def _jwt_has_a_key(cls, path: str, info: ValidationInfo) -> str:
+        """`auth = "jwt"` needs a secret or a public key file (checked here: it is declared after both)."""
+        if info.data.get("api_auth") == "jwt" and not (info.data.get("api_jwt_secret") or path):
+            raise ValueError('[api] auth = "jwt" needs jwt_secret (MEMORY_API_JWT_SECRET) or jwt_public_key_file')
+        return path
 
     @field_validator("database_url")
     @classmethod

@@ -1090,3 +1090,36 @@ SELECT u.tenant, lim.name AS limit_name
  WHERE lim.maximum > 0 AND lim.used > %(ratio)s * lim.maximum
  ORDER BY u.tenant COLLATE "C", lim.name
 """
+
+# -- API keys and the Store API (memory/apikeys.py, memory/api/) --------------------------------
+# A key is stored as the sha256 of its secret; the secret is printed once by `memory keys create`.
+API_KEY_INSERT = """
+INSERT INTO memory_api_keys (id, tenant, name, admin, key_hash)
+VALUES (%(id)s, %(tenant)s, %(name)s, %(admin)s, %(key_hash)s)
+RETURNING id, tenant, name, admin, created_at, last_used_at, revoked_at
+"""
+API_KEY_LIST = """
+SELECT id, tenant, name, admin, created_at, last_used_at, revoked_at
+  FROM memory_api_keys
+ ORDER BY created_at, id
+"""
+API_KEY_REVOKE = """
+UPDATE memory_api_keys SET revoked_at = coalesce(revoked_at, now())
+ WHERE id = %(id)s
+RETURNING id, tenant, name, admin, created_at, last_used_at, revoked_at
+"""
+# One round trip per request: the live key of this hash, and its last use stamped at most once a
+# minute (a write per request would make every API read a write).
+API_KEY_AUTHENTICATE = """
+WITH k AS (
+    SELECT id, tenant, admin, last_used_at FROM memory_api_keys
+     WHERE key_hash = %(key_hash)s AND revoked_at IS NULL
+), touched AS (
+    UPDATE memory_api_keys AS m SET last_used_at = now()
+      FROM k
+     WHERE m.id = k.id AND (k.last_used_at IS NULL OR k.last_used_at < now() - interval '1 minute')
+)
+SELECT id, tenant, admin FROM k
+"""
+# `/ready`: the schema revision, on a pooled connection.
+API_SCHEMA_REVISION = "SELECT version_num FROM alembic_version"

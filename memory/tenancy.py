@@ -9,7 +9,7 @@ from typing import Any
 
 from langchain_core.runnables.config import var_child_runnable_config
 
-from memory.errors import InvalidTenantId, TenantNotResolved
+from memory.errors import InvalidTenantId, TenantError, TenantNotResolved
 
 CONFIG_KEY_RUNTIME = "__pregel_runtime"
 """Where LangGraph keeps the run's `Runtime` (and its `context`) in `config["configurable"]`."""
@@ -119,3 +119,34 @@ def bind_tenant(assistant_id: str, **extra_scope: str) -> Iterator[None]:
         yield
     finally:
         var_child_runnable_config.reset(token)
+
+
+# -- namespaces from outside (the Store API) -----------------------------------------------------
+
+
+class InvalidNamespace(TenantError, ValueError):
+    """The namespace is not valid."""
+
+
+def validate_namespace(labels: object, key: str = "namespace", *, tenant_first: bool = True) -> tuple[str, ...]:
+    """A namespace sent by a client: a list of non-empty labels without '.', the first a tenant id.
+
+    LangGraph joins labels with '.', so a '.' in a label would make two namespaces one. With
+    `tenant_first=False` (a search or listing prefix) the list may be empty and the first label is
+    not held to the tenant id alphabet (it only has to match a tenant to find anything).
+    """
+    if not isinstance(labels, (list, tuple)) or not all(isinstance(label, str) for label in labels):
+        raise InvalidNamespace(f"{key} must be a list of strings, e.g. [\"acme\", \"memories\"]")
+    if tenant_first and not labels:
+        raise InvalidNamespace(f"{key} must not be empty: its first label is the tenant, e.g. [\"acme\", \"memories\"]")
+    for label in labels:
+        if not label or "." in label or "\x00" in label:
+            raise InvalidNamespace(
+                f"{key} label {label!r} is not valid: labels must be non-empty, without '.' or NUL characters"
+            )
+    if tenant_first:
+        try:
+            validate_tenant_id(labels[0], f"{key}[0] (the tenant)")
+        except InvalidTenantId as exc:
+            raise InvalidNamespace(str(exc)) from None
+    return tuple(labels)

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from langgraph.store.postgres import PostgresStore
 
 from memory import MemoryService, TenantMemoryBackend, bind_tenant, quotas
+from memory.api.metrics import QuotaCollector
 from memory.cli import app
 from memory.db import connection
 from memory.errors import ConfigError
@@ -135,10 +136,20 @@ def test_store_writes_outside_the_backend_are_limited_too(database_url):
                 "max_file_bytes": 0, "max_tenant_bytes": 0, "max_tenant_files": 5,
             }
             assert quotas.tenants_near_limits(conn) == [("acme", "max_tenant_files"), ("big", "max_tenant_files")]
-            lines = quotas.metrics_lines(conn)
-            assert 'memory_quota_tenants_near_limit{limit="max_tenant_files"} 2' in lines
-            assert not any("acme" in line for line in lines)
-            assert 'memory_quota_tenant_near_limit{tenant="acme",limit="max_tenant_files"} 1' in quotas.metrics_lines(conn, tenant_labels=True)
+            near = quotas.near_limits_if_enabled(conn)
+        plain = scrape(QuotaCollector(lambda: near))
+        assert 'memory_quota_tenants_near_limit{limit="max_tenant_files"} 2.0' in plain and "acme" not in plain
+        named = scrape(QuotaCollector(lambda: near, tenant_labels=True))
+        assert 'memory_quota_tenant_near_limit{limit="max_tenant_files",tenant="acme"} 1.0' in named
+
+
+def scrape(collector) -> str:
+    """The Prometheus text of one collector, as `/metrics` renders it."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return generate_latest(registry).decode()
 
 
 def test_usage_follows_deletes_sweeps_imports_and_tenant_deletion(database_url, tmp_path):
