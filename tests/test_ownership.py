@@ -428,3 +428,74 @@ def test_db_upgrade_prints_the_threads_it_could_not_attribute(svc, url):
     result = CliRunner().invoke(app, ["db", "upgrade"], env={"MEMORY_DATABASE_URL": url})
     assert result.exit_code == 0, result.output
     assert "1 checkpoint threads could not be attributed to one tenant" in result.output and "anonymous" in result.output
+
+
+# -- interrupts, resume and subgraphs through the tenant-aware saver ----------------------------
+
+
+def _interrupting_graph(checkpointer):
+    """A parent graph whose subgraph asks for approval (`interrupt`) before writing its answer."""
+    from typing import TypedDict
+
+    from langgraph.graph import END, START, StateGraph
+    from langgraph.types import interrupt
+
+    class State(TypedDict, total=False):
+        asked: str
+        answer: str
+
+    def ask(state: State) -> State:
+        return {"answer": f"{state['asked']} -> {interrupt('approve?')}"}
+
+    sub = StateGraph(State)
+    sub.add_node("ask", ask)
+    sub.add_edge(START, "ask")
+    sub.add_edge("ask", END)
+    parent = StateGraph(State)
+    parent.add_node("sub", sub.compile())
+    parent.add_edge(START, "sub")
+    parent.add_edge("sub", END)
+    return parent.compile(checkpointer=checkpointer)
+
+
+def test_interrupt_and_resume_in_a_subgraph_stay_with_the_owner(svc, url):
+    from langgraph.types import Command
+
+    graph = _interrupting_graph(svc.checkpointer)
+    alice = {"configurable": {"thread_id": "hitl"}, "metadata": {"assistant_id": "alice"}}
+    first = graph.invoke({"asked": "deploy"}, alice)
+    assert first["__interrupt__"][0].value == "approve?"
+    with pytest.raises(TenantNotResolved):  # LangGraph asks for subgraph states with a config of the thread only
+        graph.get_state(alice, subgraphs=True)
+    with bind_tenant("alice"):
+        paused = graph.get_state(alice, subgraphs=True)
+    assert paused.next == ("sub",) and paused.tasks[0].state.next == ("ask",)
+    before = thread_md5(url, "hitl")
+
+    bob = {"configurable": {"thread_id": "hitl"}, "metadata": {"assistant_id": "bob"}}
+    with pytest.raises(ThreadAccessDenied):
+        graph.invoke(Command(resume="yes"), bob)
+    assert thread_md5(url, "hitl") == before
+
+    done = graph.invoke(Command(resume="yes"), alice)
+    assert done["answer"] == "deploy -> yes"
+    with psycopg.connect(url) as conn:
+        namespaces = {r[0] for r in conn.execute("SELECT DISTINCT checkpoint_ns FROM checkpoints WHERE thread_id = 'hitl'")}
+    assert "" in namespaces  # the parent's; LangGraph keeps the subgraph's writes under the same thread
+
+
+def test_interrupt_and_resume_through_the_async_saver(url):
+    from langgraph.types import Command
+
+    async def scenario():
+        async with MemoryService.aopen(database_url=url, database_pool_max_size=4) as asvc:
+            graph = _interrupting_graph(asvc.checkpointer)
+            alice = {"configurable": {"thread_id": "ahitl"}, "metadata": {"assistant_id": "alice"}}
+            first = await graph.ainvoke({"asked": "ship"}, alice)
+            assert first["__interrupt__"][0].value == "approve?"
+            with pytest.raises(ThreadAccessDenied):
+                await graph.ainvoke(Command(resume="yes"), {**alice, "metadata": {"assistant_id": "bob"}})
+            done = await graph.ainvoke(Command(resume="ok"), alice)
+            assert done["answer"] == "ship -> ok"
+
+    asyncio.run(scenario())
