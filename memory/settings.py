@@ -1,7 +1,15 @@
-"""`MemorySettings`: config/memory.toml, then MEMORY_CONFIG, then the environment, then overrides."""
+"""`MemorySettings`: one TOML file, then the environment, then overrides.
+
+The file is `MEMORY_CONFIG` when set, else `./config/memory.toml` when present, else
+`memory.toml` in the user config dir (platformdirs) when present; with none, the code's defaults,
+which equal the shipped `config/memory.toml` (a test compares them). `config_file()` says which
+file is read and `setting_sources()` where each value came from (`memory config show`).
+"""
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import re
 import tomllib
@@ -10,14 +18,47 @@ from typing import Any, Literal
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsError
 
 from memory.errors import ConfigError
 from memory.quotas import QuotaPolicy
 from memory.retention import RetentionPolicy, Rule
 
+APP_NAME = "deepagents-memory"
+ENV_PREFIX = "MEMORY_"
+CONFIG_ENV = "MEMORY_CONFIG"
 DEFAULT_CONFIG_PATH = Path("config") / "memory.toml"
-"""Read from the working directory when present (the repository's defaults)."""
+"""Read from the working directory when present and MEMORY_CONFIG is not set."""
+
+OTHER_VARIABLES = {
+    CONFIG_ENV: "the settings file to read",
+    "MEMORY_PG_BIN": "a directory holding pg_dump / pg_restore / psql (memory.pgtools)",
+    "MEMORY_TEST_PG15_URL": "the PostgreSQL 15 server of the test suite (tests/conftest.py)",
+    "MEMORY_TEST_PGBOUNCER": "the pgbouncer program of the test suite (tests/conftest.py)",
+}
+"""MEMORY_* variables the project reads that are not settings; every other unknown MEMORY_* is refused."""
+
+OTHER_PREFIXES = ("MEMORY_TEST_", "MEMORY_BENCH_")
+"""Prefixes left to the test suite and the benchmarks."""
+
+
+def user_config_path() -> Path:
+    """`memory.toml` in the user config dir (e.g. ~/.config/deepagents-memory/memory.toml)."""
+    return Path(platformdirs.user_config_dir(APP_NAME)) / "memory.toml"
+
+
+def config_file() -> Path | None:
+    """The one settings file read: MEMORY_CONFIG, else ./config/memory.toml, else the user's; None: defaults."""
+    if named := os.environ.get(CONFIG_ENV):
+        path = Path(named).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"{CONFIG_ENV} points at {named}, which does not exist")
+        return path.resolve()
+    for candidate in (DEFAULT_CONFIG_PATH, user_config_path()):
+        if candidate.is_file():
+            return candidate.resolve()
+    return None
 
 SECTIONS = ("database", "namespace", "prompt", "retention", "checkpoints", "schedule", "backup", "index", "serve", "quota", "api")
 """TOML tables whose keys become `<table>_<key>` settings fields."""
@@ -60,7 +101,7 @@ class MemorySettings(BaseSettings):
     database_pool_max_size: int = Field(20, ge=1)
     database_schema: str = "public"
     database_prepare_threshold: int | None = Field(0, ge=0)
-    data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("deepagents-memory")))
+    data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir(APP_NAME)))
 
     namespace_scope: list[str] = ["assistant_id"]
     namespace_suffix: str = "memories"
@@ -68,7 +109,7 @@ class MemorySettings(BaseSettings):
     prompt_conventions: str = ""
 
     retention_default_ttl_days: float = Field(0, ge=0)
-    retention_rules: list[RetentionRule] = []
+    retention_rules: list[RetentionRule] = [RetentionRule(path="/memories/scratch/", ttl_days=7)]
     retention_legal_hold: list[str] = []
     retention_refresh_on_read: bool = True
     retention_batch_size: int = Field(2000, ge=1, le=100_000)
@@ -80,7 +121,8 @@ class MemorySettings(BaseSettings):
     schedule_prune_checkpoints: str = "0 3 * * *"
     schedule_backup: str = "0 2 * * *"
 
-    backup_dir: Path = Path("backups")
+    backup_dir: Path | None = None
+    """Empty: `backups/` under `data_dir`; a relative path is taken under `data_dir` too."""
     backup_keep: int = Field(14, ge=1)
 
     serve_host: str = "127.0.0.1"
@@ -147,6 +189,23 @@ class MemorySettings(BaseSettings):
                 raise ValueError(f'must be 5 crontab fields such as "*/15 * * * *", or "" to disable ({exc})') from None
         return value
 
+    @field_validator("backup_dir", mode="before")
+    @classmethod
+    def _empty_backup_dir(cls, value: Any) -> Any:
+        return None if value is None or (isinstance(value, str) and not value.strip()) else value
+
+    @model_validator(mode="after")
+    def _backups_under_the_data_dir(self) -> MemorySettings:
+        """Backups land where the data is, whatever directory a command runs from."""
+        data_dir = Path(self.data_dir).expanduser()
+        if self.backup_dir is None:
+            self.backup_dir = data_dir / "backups"
+        elif not Path(self.backup_dir).expanduser().is_absolute():
+            self.backup_dir = data_dir / self.backup_dir
+        else:
+            self.backup_dir = Path(self.backup_dir).expanduser()
+        return self
+
     @model_validator(mode="after")
     def _valid_retention_policy(self) -> MemorySettings:
         """Refuse an invalid policy at load (overlapping rules, bad paths or tenants) with one line."""
@@ -202,10 +261,13 @@ class MemorySettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        files = [DEFAULT_CONFIG_PATH]
-        if extra := os.environ.get("MEMORY_CONFIG"):
-            files.append(Path(extra))
-        return (init_settings, env_settings, PlainDatabaseUrlSource(settings_cls), TomlFilesSource(settings_cls, files))
+        path = config_file()
+        return (
+            init_settings,
+            MemoryEnvSource(settings_cls),
+            PlainDatabaseUrlSource(settings_cls),
+            TomlFilesSource(settings_cls, [path] if path else []),
+        )
 
     @classmethod
     def load(cls, **overrides: Any) -> MemorySettings:
@@ -214,6 +276,51 @@ class MemorySettings(BaseSettings):
             return cls(**overrides)
         except ValidationError as exc:
             raise ConfigError(describe_validation_error(exc)) from None
+        except SettingsError as exc:  # a source failed in a way it did not put into words itself
+            cause = exc.__cause__ if isinstance(exc.__cause__, ConfigError) else None
+            raise cause or ConfigError(f"invalid configuration: {exc}") from None
+
+
+def env_name(field_name: str) -> str:
+    return f"{ENV_PREFIX}{field_name.upper()}"
+
+
+def _is_string_list(field: Any) -> bool:
+    return getattr(field, "annotation", None) == list[str]
+
+
+class MemoryEnvSource(EnvSettingsSource):
+    """MEMORY_* variables: unknown ones refused; list values as JSON or `a,b`."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        refuse_unknown_variables(settings_cls.model_fields)
+
+    def decode_complex_value(self, field_name: str, field: Any, value: Any) -> Any:
+        text = value.strip() if isinstance(value, str) else value
+        if _is_string_list(field) and isinstance(text, str) and not text.startswith("["):
+            return [part.strip() for part in text.split(",") if part.strip()]
+        try:
+            return json.loads(text)
+        except (TypeError, ValueError) as exc:
+            example = '["a", "b"] or a,b' if _is_string_list(field) else '[{"path": "/memories/", "ttl_days": 7}]'
+            raise ConfigError(f"{setting_label(field_name)}: not valid JSON ({exc}); give e.g. {example}") from None
+
+
+def refuse_unknown_variables(fields: dict[str, Any], environ: dict[str, str] | None = None) -> None:
+    """A MEMORY_* variable that is neither a setting nor in OTHER_VARIABLES is a typo: one line naming it."""
+    environ = os.environ if environ is None else environ
+    known = {env_name(name) for name in fields} | set(OTHER_VARIABLES)
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known or upper.startswith(OTHER_PREFIXES):
+            continue
+        close = difflib.get_close_matches(upper, sorted(known), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(
+            f"unknown environment variable {name}: not a setting; {hint}"
+            "`memory config show` lists every setting and its variable"
+        )
 
 
 class PlainDatabaseUrlSource(PydanticBaseSettingsSource):
@@ -230,6 +337,7 @@ class PlainDatabaseUrlSource(PydanticBaseSettingsSource):
 class TomlFilesSource(PydanticBaseSettingsSource):
     """Reads TOML files in order, later files winning, flattening `[table] key` to `table_key`."""
 
+
     def __init__(self, settings_cls: type[BaseSettings], paths: list[Path]) -> None:
         super().__init__(settings_cls)
         self.paths = paths
@@ -239,11 +347,7 @@ class TomlFilesSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         values: dict[str, Any] = {}
-        for index, path in enumerate(self.paths):
-            if not path.exists():
-                if index == 0:
-                    continue
-                raise ConfigError(f"MEMORY_CONFIG points at {path}, which does not exist")
+        for path in self.paths:
             values.update(flatten_toml(read_toml(path), path))
         return values
 
@@ -291,3 +395,59 @@ def describe_validation_error(exc: ValidationError) -> str:
             suffix = f" at {detail}" if detail else ""
             problems.append(f"{label}{suffix}: {error['msg']} (got {error.get('input')!r})")
     return "invalid configuration: " + "; ".join(problems)
+
+
+# -- where each setting came from (`memory config show`) ----------------------------------------
+
+PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:)([^@]*)(@)")
+SECRET_FIELDS = frozenset({"api_jwt_secret"})
+
+
+def mask(field_name: str, value: Any) -> Any:
+    """A value safe to print: the password of a URL and secrets replaced by `***`."""
+    if isinstance(value, str) and value:
+        if field_name in SECRET_FIELDS:
+            return "***"
+        return PASSWORD_IN_URL.sub(r"\1***\3", value)
+    return value
+
+
+def setting_sources(overrides: dict[str, Any] | None = None) -> dict[str, str]:
+    """Each field's origin: "override", "env MEMORY_X" (or DATABASE_URL), the file's path, or "default"."""
+    path = config_file()
+    in_file = flatten_toml(read_toml(path), path) if path else {}
+    upper_env = {name.upper() for name in os.environ}
+    sources = {}
+    for name in MemorySettings.model_fields:
+        if overrides and name in overrides:
+            sources[name] = "override"
+        elif env_name(name) in upper_env:
+            sources[name] = f"env {env_name(name)}"
+        elif name == "database_url" and os.environ.get("DATABASE_URL"):
+            sources[name] = "env DATABASE_URL"
+        elif name in in_file:
+            sources[name] = str(path)
+        else:
+            sources[name] = "default"
+    return sources
+
+
+def effective_settings(settings: MemorySettings, sources: dict[str, str]) -> list[dict[str, Any]]:
+    """`[{"setting": "[database] url", "env": "MEMORY_DATABASE_URL", "value": ..., "source": ...}]`, masked."""
+    rows = []
+    for name in MemorySettings.model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, list):
+            value = [item.model_dump(exclude_none=True) if isinstance(item, BaseModel) else item for item in value]
+        elif isinstance(value, Path):
+            value = str(value)
+        section, _, key = setting_label(name).partition(" (")[0].partition(" ")
+        rows.append(
+            {
+                "setting": f"{section} {key}" if key else section,
+                "env": env_name(name),
+                "value": mask(name, value),
+                "source": sources[name],
+            }
+        )
+    return rows

@@ -185,6 +185,11 @@ def _jsonl(rows: list[dict[str, Any]]) -> bytes:
 
 def export_tenant(conn: psycopg.Connection, tenant: str, out: Path, *, on_step: Step = None) -> dict[str, Any]:
     """Write `tenant`'s items, vectors and checkpoint threads to the bundle `out`; return its manifest."""
+    out = Path(out)
+    if out.is_dir():
+        raise BundleError(f"{out} is a directory; give the bundle's file name, e.g. {out / 'tenant.bundle'}")
+    if not out.parent.is_dir():
+        raise BundleError(f"cannot write {out}: the directory {out.parent} does not exist")
     params = tenant_params(tenant)
     tenant = params["tenant"]
     revision = schema_revision(conn)
@@ -220,17 +225,20 @@ def export_tenant(conn: psycopg.Connection, tenant: str, out: Path, *, on_step: 
     }
     manifest["binding"] = bundle_binding(tenant, manifest["sections"])
     _say(on_step, "write the bundle")
-    out = Path(out)
     partial = out.with_name(out.name + ".partial")
-    with tarfile.open(partial, "w:gz") as tar:
-        for name, data in [("manifest.json", json.dumps(manifest, indent=2).encode("utf-8"))] + [
-            (f"{name}.jsonl", payloads[name]) for name in SECTIONS
-        ]:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mtime = int(datetime.now(timezone.utc).timestamp())
-            tar.addfile(info, io.BytesIO(data))
-    partial.replace(out)
+    try:
+        with tarfile.open(partial, "w:gz") as tar:
+            for name, data in [("manifest.json", json.dumps(manifest, indent=2).encode("utf-8"))] + [
+                (f"{name}.jsonl", payloads[name]) for name in SECTIONS
+            ]:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                info.mtime = int(datetime.now(timezone.utc).timestamp())
+                tar.addfile(info, io.BytesIO(data))
+        partial.replace(out)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise BundleError(f"cannot write {out}: {exc.strerror or exc}") from exc
     return manifest
 
 
