@@ -622,6 +622,7 @@ def stream_restore(
     tail: bytes,
     drop_newer_settings: bool,
     where: str,
+    restore_args: Iterable[str] = (),
 ) -> None:
     """BEGIN; head; the archive's script; tail; COMMIT into psql, the COMMIT only once pg_restore succeeded.
 
@@ -632,7 +633,9 @@ def stream_restore(
     errors: dict[str, list[bytes]] = {"pg_restore": [], "psql": []}
     drains = []
     try:
-        restore = spawn(pg_restore, ["--no-owner", "--no-privileges", "-f", "-", str(archive)], stdout=subprocess.PIPE)
+        restore = spawn(
+            pg_restore, ["--no-owner", "--no-privileges", *restore_args, "-f", "-", str(archive)], stdout=subprocess.PIPE
+        )
         drains.append(_drain(restore.stderr, errors["pg_restore"]))
         apply = spawn(
             psql, ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-", f"--dbname={target_url}"],

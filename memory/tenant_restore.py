@@ -30,10 +30,10 @@ import psycopg
 from psycopg import sql as pgsql
 
 from memory import erasure, sql, tenants
-from memory.backup import BackupError, _connect, _run, _say, Step, target_schema, verify_archive
+from memory.backup import Step, _connect, _say, stream_restore, target_schema, verify_archive
 from memory.db import describe_url, with_dbname
 from memory.errors import MemoryServiceError
-from memory.pgtools import find_tool
+from memory.pgtools import find_tool, sibling
 
 SCRATCH_PREFIX = "memory_scratch_"
 SCRATCH_LOCK_SPACE = 0x4D454D53
@@ -131,18 +131,20 @@ def _quietly(conn: psycopg.Connection, query: Any, params: dict[str, Any] | None
 
 
 def _load_scratch(scratch_url: str, archive: Path, facts: Any, server_major: int, archive_major: int) -> None:
-    """The archive's tables and rows into the scratch database (pre-data and data: no indexes needed)."""
-    with _connect(scratch_url, autocommit=True) as conn:
-        if facts.schema and facts.schema != "public":
-            conn.execute(pgsql.SQL(sql.RESTORE_CREATE_SCHEMA).format(schema=pgsql.Identifier(facts.schema)))
-        if "store_vectors" in facts.tables:
-            conn.execute(sql.RESTORE_CREATE_VECTOR)
+    """The archive's tables and rows into the scratch database (pre-data and data: no indexes needed).
+
+    Streamed like a full restore (memory.backup.stream_restore): no file, children die with us."""
+    head = []
+    if facts.schema and facts.schema != "public":
+        head.append(pgsql.SQL(sql.RESTORE_CREATE_SCHEMA).format(schema=pgsql.Identifier(facts.schema)).as_string(None))
+    if "store_vectors" in facts.tables:
+        head.append(sql.RESTORE_CREATE_VECTOR)
     pg_restore = find_tool("pg_restore", max(server_major, archive_major))
-    _run(
-        pg_restore,
-        ["--no-owner", "--no-privileges", "--exit-on-error", "--section=pre-data", "--section=data",
-         f"--dbname={scratch_url}", str(archive)],
-        f"{archive.name}: pg_restore into the scratch database failed; the live database was not changed",
+    stream_restore(
+        pg_restore, sibling(pg_restore, "psql"), archive, scratch_url,
+        head="".join(f"{q};\n" for q in head).encode("utf-8"), tail=b"",
+        drop_newer_settings=server_major < 17, where="the scratch database",
+        restore_args=["--section=pre-data", "--section=data"],
     )
 
 
