@@ -570,10 +570,18 @@ COPY_CHUNK = 1 << 20
 STDERR_KEEP = 64 * 1024
 
 
+CLIENT_CHECK = "-c client_connection_check_interval=1000"
+"""For psql's session: the server notices within a second that psql is gone (even while it waits on a
+lock) and rolls back, releasing the restore's locks on the live tables."""
+
+
 def spawn(tool: PgTool, args: list[str], **kwargs: Any) -> subprocess.Popen:
     """Start a client program that dies with this process (see `_die_with_parent`); stderr piped."""
+    env = _tool_env()
+    if tool.name == "psql":
+        env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} {CLIENT_CHECK}".strip()
     return subprocess.Popen(
-        [str(tool.path), *args], env=_tool_env(), preexec_fn=_die_with_parent, stderr=subprocess.PIPE, **kwargs
+        [str(tool.path), *args], env=env, preexec_fn=_die_with_parent, stderr=subprocess.PIPE, **kwargs
     )
 
 

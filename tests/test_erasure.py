@@ -231,3 +231,88 @@ def test_copy_text_unescapes():
            "1\ta\\tb\\\\c\t2026-11-21 02:00:00.5+00\t{\"x\": 1}\n\\.\n"
     [row] = erasure.ledger_from_copy(text)
     assert row.tenant == "a\tb\\c" and row.counts == {"x": 1} and row.erased_at.microsecond == 500000
+
+
+def test_kill_9_mid_full_restore_stops_psql_and_changes_nothing(service, tmp_path):
+    """psql is held on a lock inside the restore transaction, `memory` is killed -9: psql dies with it
+    (before, it ran on to COMMIT), and the target is unchanged; no restore script exists anywhere."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    url = service.database_url
+    populate(service)
+    manifest = create_backup(url, tmp_path)
+    write_later = tool_call("write_file", file_path="/memories/later.md", content="later\n")
+    run_agent(service, "globex", write_later)
+    before = checksums(url)
+    holder = psycopg.connect(url)
+    holder.execute("LOCK TABLE store IN ACCESS SHARE MODE")  # the restore's DROP TABLE store waits on it
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memory", "backup", "restore", str(tmp_path / manifest.file), "--force"],
+        env={**os.environ, "MEMORY_DATABASE_URL": url, "TMPDIR": str(tmp_path / "tmp")},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    (tmp_path / "tmp").mkdir()
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with psycopg.connect(url) as conn:
+                psql = conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'psql' "
+                    "AND wait_event_type = 'Lock'"
+                ).fetchall()
+            if psql:
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, "the restore never reached the lock"
+            time.sleep(0.05)
+        [[backend]] = psql
+        children = _children(proc.pid)
+        assert "psql" in [_name(p) for p in children]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while True:  # while the lock is still held: psql died with `memory`, and its session ended
+            with psycopg.connect(url) as conn:
+                left = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (backend,)).fetchone()[0]
+            if not left and not [p for p in children if _alive(p)]:
+                break
+            assert time.monotonic() < deadline, "psql outlived the killed restore"
+            time.sleep(0.1)
+    finally:
+        holder.rollback()
+        holder.close()
+        if proc.poll() is None:
+            proc.kill()
+    assert checksums(url) == before
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+
+def _children(pid: int) -> list[int]:
+    import os
+
+    found = []
+    for child in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{child}/stat") as fh:
+                if int(fh.read().rsplit(") ", 1)[1].split()[1]) == pid:
+                    found.append(int(child))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _name(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as fh:
+        return fh.read().strip()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
