@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from typing import Annotated, Optional
@@ -598,15 +599,16 @@ def _restore_one_tenant(file, tenant: str, as_tenant, dry_run: bool, yes: bool, 
         with _stopped_by_sigterm():
             settings = _load_settings()
             dirs = list(dict.fromkeys([Path(file).parent, Path(settings.backup_dir)]))
-            if target:
-                url = migrations.schema_url(target, settings.database_schema)
-            else:
-                with _open_service() as svc:
-                    url = svc.database_url
-            with _ToolErrors(), _Progress(as_json) as step:
-                plan = restore_tenant(
-                    file, url, tenant, as_tenant=as_tenant, dry_run=dry_run, confirm=confirm, receipts_dirs=dirs, on_step=step
-                )
+            with contextlib.ExitStack() as stack:  # the service (an embedded server) stays up for the restore
+                if target:
+                    url = migrations.schema_url(target, settings.database_schema)
+                else:
+                    url = stack.enter_context(_open_service()).database_url
+                with _ToolErrors(), _Progress(as_json) as step:
+                    plan = restore_tenant(
+                        file, url, tenant, as_tenant=as_tenant, dry_run=dry_run, confirm=confirm, receipts_dirs=dirs,
+                        on_step=step,
+                    )
     except MemoryServiceError as exc:
         fail(exc)
     if as_json:
