@@ -5,13 +5,17 @@ A backup is two files in the backup directory:
     memory-20261121T020000Z.json   the manifest: server version, schema revision, row counts, sha256
 
 Row counts and the dump come from one exported snapshot, so they agree exactly; `created_at` is
-the snapshot's time on the server (the clock `memory_tenant_erasures.erased_at` uses too).
+the snapshot's time on the server. Nothing a restore decides comes from the manifest: the tables,
+schema and erasure ledger are read from the archive itself; `verify` checks that the manifest
+agrees with the archive (sha256, tables, schema, revision, erasures seen, time of the dump).
 
-A restore never leaves the target half-done: the archive is verified first, then turned into a
-script (`pg_restore -f`) that psql runs in ONE transaction together with a prelude (drop the
-service's tables) and a postlude (keep the target's erasure ledger, and erase again every tenant
-erased after the backup was taken). Any error rolls the whole transaction back. Then the schema
-is migrated to head. A backup taken before the ledger table existed (no `memory_tenant_erasures`
+A restore never leaves the target half-done: the archive is verified first, then `pg_restore -f -`
+streams its script (never written to disk) through this process into psql, framed as ONE
+explicit transaction: BEGIN, a prelude (drop the service's tables), the script, a postlude (keep
+the target's erasure ledger, write every known receipt, erase again every erasure the archive's
+own ledger does not hold: see memory.erasure), COMMIT. Any error, or this process dying (its
+children die with it), ends psql before COMMIT and the server rolls everything back. Then the
+schema is migrated to head. A backup taken before the ledger table existed (no `memory_tenant_erasures`
 in it) cannot take the target's ledger rows inside that transaction, since the migration creates
 the table afterwards: those rows are written right after the migration, and if the migration
 fails the error names them.
@@ -21,11 +25,15 @@ Long steps report progress through `on_step(step, done, total)` (see `Step`).
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
+import re
+import shutil
+import signal
 import subprocess
-import tempfile
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -36,7 +44,7 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg.rows import dict_row
 
-from memory import sql
+from memory import erasure, sql
 from memory.db import CONNECT_TIMEOUT_S, describe_url, unavailable
 from memory.errors import MemoryServiceError
 from memory.pgtools import PgTool, find_tool, sibling
@@ -61,6 +69,7 @@ SERVICE_TABLES = (
     "memory_tenant_erasures",
     "memory_quota_limits",
     "memory_tenant_usage",
+    "memory_api_keys",
     "alembic_version",
 )
 """Every table a backup may hold (those present are dumped), in restore-drop order."""
@@ -93,6 +102,8 @@ class BackupManifest:
     database: str
     format: str = FORMAT
     version: int = FORMAT_VERSION
+    erasures: list[str] | None = None
+    """Receipts in the archive's ledger (informational: `verify` checks them against the archive)."""
     path: Path | None = field(default=None, compare=False)
     """Where the archive is on disk (not written to the manifest)."""
 
@@ -129,7 +140,8 @@ class BackupManifest:
                 f"(this release reads version {FORMAT_VERSION}); use a matching deepagents-memory release"
             )
         try:
-            manifest = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k != "path"})
+            manifest = cls(**{k: data[k] for k in cls.__dataclass_fields__ if k not in ("path", "erasures")})
+            manifest.erasures = data.get("erasures")
         except KeyError as exc:
             raise BackupError(f"{manifest_path}: manifest lacks {exc.args[0]!r}") from None
         manifest.path = archive
@@ -180,11 +192,32 @@ def sha256_file(path: Path, on_step: Step = None) -> str:
 
 def _run(tool: PgTool | str, args: list[str], what: str) -> subprocess.CompletedProcess:
     command = [str(tool.path if isinstance(tool, PgTool) else tool), *args]
-    env = {**os.environ, "PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT_S)}
-    done = subprocess.run(command, capture_output=True, env=env)
+    done = subprocess.run(command, capture_output=True, env=_tool_env(), preexec_fn=_die_with_parent)
     if done.returncode != 0:
         raise BackupError(f"{what}: {_first_error(done.stderr)}")
     return done
+
+
+def _tool_env() -> dict[str, str]:
+    """The client programs' environment: a connect timeout; UTC, so an archive's header time is UTC."""
+    return {**os.environ, "PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT_S), "TZ": "UTC"}
+
+
+def _prctl() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+_PRCTL = _prctl()
+"""Resolved once here: the child only calls it between fork and exec (no dlopen there)."""
+
+
+def _die_with_parent() -> None:
+    """In a child before exec: die (SIGKILL) when this process dies, kill -9 included (Linux)."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _first_error(stderr: bytes) -> str:
@@ -248,8 +281,6 @@ def create_backup(url: str, out_dir: Path, *, keep: int | None = None, on_step: 
         tables = present_tables(conn, schema=schema)
         if "store" not in tables or "checkpoints" not in tables:
             raise BackupError(f"{describe_url(url)} has no service tables in schema {schema!r}; run `memory db upgrade` first")
-        counts = _count_rows(conn, tables, on_step)
-        revision = _schema_revision(conn, tables)
         created = snap["now"].astimezone(timezone.utc)
         stem = f"{PREFIX}{created.strftime('%Y%m%dT%H%M%S%fZ')}"
         archive = out_dir / f"{stem}{ARCHIVE_SUFFIX}"
@@ -258,14 +289,19 @@ def create_backup(url: str, out_dir: Path, *, keep: int | None = None, on_step: 
         for t in tables:
             args += ["-t", f'"{schema}"."{t}"']
         args.append(f"--dbname={url}")
-        _say(on_step, f"pg_dump -Fc of {len(tables)} tables ({sum(counts.values()):,} rows)")
+        _say(on_step, f"pg_dump -Fc of {len(tables)} tables")
         try:
             _run(pg_dump, args, f"pg_dump of {describe_url(url)} failed")
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
+        # after pg_dump, in the same snapshot: the archive's header time stays next to created_at
+        counts = _count_rows(conn, tables, on_step)
+        revision = _schema_revision(conn, tables)
+        ledger = erasure.ledger(conn)
         conn.rollback()
     partial.rename(archive)
+    erasure.sync_receipts(ledger, out_dir)
     manifest = BackupManifest(
         file=archive.name,
         sha256=sha256_file(archive, on_step),
@@ -277,6 +313,7 @@ def create_backup(url: str, out_dir: Path, *, keep: int | None = None, on_step: 
         tables=counts,
         pg_dump=pg_dump.version,
         database=describe_url(url),
+        erasures=[e.receipt for e in ledger],
         path=archive,
     )
     tmp = archive.with_suffix(".json.partial")
@@ -325,8 +362,31 @@ def prune(backup_dir: Path, keep: int) -> list[Path]:
 # -- verify -----------------------------------------------------------------------------------
 
 
+@dataclass
+class ArchiveFacts:
+    """What the archive itself says (the manifest may be edited; these cannot be without the sha256 changing)."""
+
+    tables: list[str]
+    schema: str
+    ledger: list[erasure.Erasure] | None
+    """The archive's erasure ledger; None when the archive has no ledger table (taken before it existed)."""
+    revision: str | None
+    dumped_at: datetime | None
+    """The archive header's time (pg_dump's start, seconds), when written in UTC."""
+
+
+_HEADER_TIME = re.compile(r"^; Archive created at (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC$", re.M)
+CLOCK_SLACK_S = 300
+"""How far the manifest's created_at may be from the archive header's time (clock skew, slow start)."""
+
+
 def verify_backup(path: Path, pg_restore: PgTool | None = None, on_step: Step = None) -> BackupManifest:
-    """Checksum, `pg_restore --list`, every manifest table present; one `BackupError` line otherwise."""
+    """Checksum, `pg_restore --list`, and the manifest agreeing with the archive; one `BackupError` line otherwise."""
+    return verify_archive(path, pg_restore, on_step)[0]
+
+
+def verify_archive(path: Path, pg_restore: PgTool | None = None, on_step: Step = None) -> tuple[BackupManifest, ArchiveFacts]:
+    """`verify_backup`, and the facts read from the archive that restores go by."""
     manifest = BackupManifest.read(Path(path))
     archive = manifest.path
     assert archive is not None
@@ -340,19 +400,68 @@ def verify_backup(path: Path, pg_restore: PgTool | None = None, on_step: Step = 
         )
     tool = pg_restore or find_tool("pg_restore", manifest.archive_major)
     _say(on_step, "pg_restore --list")
+    facts = _archive_facts(tool, archive)
+    _check_manifest(manifest, facts, archive.name)
+    return manifest, facts
+
+
+def _archive_facts(tool: PgTool, archive: Path) -> ArchiveFacts:
     listing = _run(tool, ["--list", str(archive)], f"{archive.name}: pg_restore cannot read the archive").stdout
-    listed = set()
-    for line in listing.decode("utf-8", "replace").splitlines():
+    text = listing.decode("utf-8", "replace")
+    tables, schemas = [], set()
+    for line in text.splitlines():
         parts = line.split()
         # "216; 0 16390 TABLE DATA public store postgres"
         if "TABLE" in parts and "DATA" in parts:
             i = parts.index("DATA")
             if len(parts) > i + 2:
-                listed.add(parts[i + 2])
-    missing = sorted(set(manifest.tables) - listed)
+                schemas.add(parts[i + 1])
+                tables.append(parts[i + 2])
+    header = _HEADER_TIME.search(text)
+    dumped_at = datetime.fromisoformat(header.group(1)).replace(tzinfo=timezone.utc) if header else None
+    wanted = [t for t in ("memory_tenant_erasures", "alembic_version") if t in tables]
+    data = ""
+    if wanted:  # two small tables, read to memory; the archive's other data is never extracted here
+        args = ["--data-only", "-f", "-"] + [a for t in wanted for a in ("-t", t)] + [str(archive)]
+        data = _run(tool, args, f"{archive.name}: pg_restore cannot read the archive").stdout.decode("utf-8")
+    ledger = erasure.ledger_from_copy(data) if "memory_tenant_erasures" in tables else None
+    versions = erasure.parse_copy(data, "alembic_version")
+    return ArchiveFacts(
+        tables=tables,
+        schema=next(iter(schemas)) if len(schemas) == 1 else "",
+        ledger=ledger,
+        revision=versions[0]["version_num"] if versions else None,
+        dumped_at=dumped_at,
+    )
+
+
+def _check_manifest(manifest: BackupManifest, facts: ArchiveFacts, name: str) -> None:
+    """Every manifest field the archive can confirm must agree with it."""
+    missing = sorted(set(manifest.tables) - set(facts.tables))
     if missing:
-        raise BackupError(f"{archive.name}: tables {', '.join(missing)} are in the manifest but not in the archive")
-    return manifest
+        raise BackupError(f"{name}: tables {', '.join(missing)} are in the manifest but not in the archive")
+    unlisted = sorted(set(facts.tables) - set(manifest.tables))
+    problems = []
+    if unlisted:
+        problems.append(f"tables {', '.join(unlisted)} are in the archive but not in the manifest")
+    if facts.schema and manifest.schema != facts.schema:
+        problems.append(f"schema {manifest.schema!r}, the archive's is {facts.schema!r}")
+    if "alembic_version" in facts.tables and manifest.schema_revision != facts.revision:
+        problems.append(f"schema_revision {manifest.schema_revision!r}, the archive's is {facts.revision!r}")
+    if manifest.erasures is not None and facts.ledger is not None:
+        if sorted(manifest.erasures) != sorted(e.receipt for e in facts.ledger):
+            problems.append(f"{len(manifest.erasures)} erasures, the archive's ledger holds {len(facts.ledger)} others")
+    if facts.dumped_at is not None:
+        try:
+            created = manifest.created
+        except (TypeError, ValueError):
+            problems.append(f"created_at {manifest.created_at!r} is not a time")
+        else:
+            gap = (created - facts.dumped_at).total_seconds() if created.tzinfo else None
+            if gap is None or abs(gap) > CLOCK_SLACK_S:
+                problems.append(f"created_at {manifest.created_at}, the archive was dumped at {facts.dumped_at.isoformat()}")
+    if problems:
+        raise BackupError(f"{name}: the manifest does not match the archive ({'; '.join(problems)}): the manifest was edited")
 
 
 # -- restore ----------------------------------------------------------------------------------
@@ -379,24 +488,27 @@ def restore_backup(
     force: bool = False,
     on_step: Step = None,
     upgrade: Callable[[str], Any] | None = None,
+    receipts_dirs: Iterable[Path] | None = None,
 ) -> RestoreReport:
     """Restore the backup at `path` into `target_url` in one transaction, then migrate to head.
 
-    Refuses a target holding data unless `force`. The target's erasure ledger survives, and every
-    tenant erased after the backup was taken is erased again, so a restore never resurrects it.
+    Refuses a target holding data unless `force`. Every erasure known to the target's ledger or to
+    the receipt files in `receipts_dirs` (default: the archive's directory) ends up in the restored
+    ledger, and each one the archive's own ledger does not hold is erased again (memory.erasure).
     `upgrade(url)` migrates afterwards (default: `memory.migrations.upgrade` in the backup's schema).
     """
-    manifest = verify_backup(path, on_step=on_step)
+    manifest, facts = verify_archive(path, on_step=on_step)
     archive = manifest.path
     assert archive is not None
+    dirs = [archive.parent] if receipts_dirs is None else list(receipts_dirs)
     where = describe_url(target_url)
     with _connect(target_url, autocommit=True) as conn:
         server_major = conn.info.server_version // 10000
         schema = target_schema(conn)
-        if schema != manifest.schema:
+        if facts.schema and schema != facts.schema:
             raise BackupError(
-                f"the backup holds schema {manifest.schema!r} but {where} uses {schema!r}; "
-                f"set [database] schema = {manifest.schema!r} for the restore; nothing was changed"
+                f"the backup holds schema {facts.schema!r} but {where} uses {schema!r}; "
+                f"set [database] schema = {facts.schema!r} for the restore; nothing was changed"
             )
         existing = present_tables(conn, schema=schema)
         nonempty = _target_has_rows(conn, existing)
@@ -404,7 +516,10 @@ def restore_backup(
             raise BackupError(
                 f"{where} is not empty ({', '.join(nonempty)} hold rows); pass --force to replace its data; nothing was changed"
             )
-        ledger = conn.execute(sql.ERASURES_ALL).fetchall() if "memory_tenant_erasures" in existing else []
+        known = erasure.merged(erasure.ledger(conn), erasure.read_receipts(dirs))
+        if dirs:  # the target's receipts outlive it: beside the archive, before anything changes
+            erasure.sync_receipts(known, dirs[0])
+        replay = erasure.unseen(known, facts.ledger or [])
         pg_restore = find_tool("pg_restore", max(server_major, manifest.archive_major))
         psql = sibling(pg_restore, "psql")
         cur = psycopg.ClientCursor(conn)
@@ -412,7 +527,7 @@ def restore_backup(
         prelude = [_render(cur, sql.RESTORE_SEARCH_PATH, {"path": search_path})]
         if schema != "public":
             prelude.append(_render(cur, pgsql.SQL(sql.RESTORE_CREATE_SCHEMA).format(schema=pgsql.Identifier(schema))))
-        if "store_vectors" in manifest.tables:
+        if "store_vectors" in facts.tables:
             prelude.append(_render(cur, sql.RESTORE_CREATE_VECTOR))
         # the quota triggers restored with `store` need their functions (pg_dump -t leaves them out)
         prelude.extend(_render(cur, statement) for statement in sql.QUOTA_FUNCTIONS)
@@ -421,68 +536,165 @@ def restore_backup(
                 _render(cur, pgsql.SQL(sql.RESTORE_DROP_TABLE).format(table=pgsql.Identifier(schema, t)))
             )
         postlude = [_render(cur, sql.RESTORE_SEARCH_PATH, {"path": search_path})]
-        ledger_in_backup = "memory_tenant_erasures" in manifest.tables
+        ledger_in_backup = facts.ledger is not None
         if ledger_in_backup:
-            postlude.extend(_render(cur, sql.RESTORE_KEEP_ERASURE, _erasure_params(row)) for row in ledger)
-        replayed = _erased_since(ledger, manifest.created)
+            postlude.extend(_render(cur, sql.RESTORE_KEEP_ERASURE, _erasure_params(e)) for e in known)
+        replayed = list(dict.fromkeys(e.tenant for e in replay))
         for tenant in replayed:
             postlude.extend(_render(cur, q, p) for q, p in erase_statements(
-                tenant, "store_vectors" in manifest.tables, owned="memory_threads" in manifest.tables))
+                tenant, "store_vectors" in facts.tables, owned="memory_threads" in facts.tables))
 
-    with tempfile.TemporaryDirectory(prefix="memory-restore-") as tmp:
-        script = Path(tmp) / "restore.sql"
-        _say(on_step, "pg_restore to a script")
-        _run(
-            pg_restore,
-            ["--no-owner", "--no-privileges", "-f", str(script), str(archive)],
-            f"{archive.name}: pg_restore cannot read the archive; {where} was not changed",
-        )
-        if server_major < 17:
-            _drop_newer_settings(script)
-        (Path(tmp) / "prelude.sql").write_text("".join(prelude), encoding="utf-8")
-        (Path(tmp) / "postlude.sql").write_text("".join(postlude), encoding="utf-8")
-        _say(on_step, f"restore {sum(manifest.tables.values()):,} rows (one transaction)")
-        _run(
-            psql,
-            [
-                "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
-                "-f", str(Path(tmp) / "prelude.sql"), "-f", str(script), "-f", str(Path(tmp) / "postlude.sql"),
-                f"--dbname={target_url}",
-            ],
-            f"restore into {where} failed and was rolled back, the target is unchanged",
-        )
+    _say(on_step, f"restore {sum(manifest.tables.values()):,} rows (one transaction)")
+    stream_restore(
+        pg_restore, psql, archive, target_url,
+        head="".join(prelude).encode("utf-8"), tail="".join(postlude).encode("utf-8"),
+        drop_newer_settings=server_major < 17, where=where,
+    )
     _say(on_step, "migrate to head")
     try:
-        revision = _migrate(target_url, schema, upgrade, manifest.schema_revision)
+        revision = _migrate(target_url, schema, upgrade, facts.revision)
     except MemoryServiceError as exc:
-        if ledger and not ledger_in_backup:
-            raise _ledger_not_kept(exc, ledger) from exc
+        if known and not ledger_in_backup:
+            raise _ledger_not_kept(exc, known, dirs) from exc
         raise
-    if ledger and not ledger_in_backup:
+    if known and not ledger_in_backup:
         _say(on_step, "keep the target's erasure ledger")
-        _keep_erasures(target_url, ledger)
+        _keep_erasures(target_url, known)
     return RestoreReport(
         file=archive.name,
         target=where,
         created_at=manifest.created_at,
         tables=manifest.tables,
-        erasures_kept=len(ledger),
+        erasures_kept=len(known),
         erasures_replayed=replayed,
         schema_revision=revision,
     )
 
 
-def _erasure_params(row: dict[str, Any]) -> dict[str, Any]:
-    return {"tenant": row["tenant"], "erased_at": row["erased_at"], "counts": json.dumps(row["counts"])}
+# -- the restore pipeline: pg_restore -> this process -> psql, never a file -------------------------------
+
+COPY_CHUNK = 1 << 20
+STDERR_KEEP = 64 * 1024
 
 
-def _erased_since(ledger: list[dict[str, Any]], taken: datetime) -> list[str]:
-    """Tenants the ledger says were erased after the backup was taken, in erasure order."""
-    tenants: list[str] = []
-    for row in ledger:
-        if row["erased_at"] > taken and row["tenant"] not in tenants:
-            tenants.append(row["tenant"])
-    return tenants
+CLIENT_CHECK = "-c client_connection_check_interval=1000"
+"""For psql's session: the server notices within a second that psql is gone (even while it waits on a
+lock) and rolls back, releasing the restore's locks on the live tables."""
+
+
+def spawn(tool: PgTool, args: list[str], **kwargs: Any) -> subprocess.Popen:
+    """Start a client program that dies with this process (see `_die_with_parent`); stderr piped."""
+    env = _tool_env()
+    if tool.name == "psql":
+        env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} {CLIENT_CHECK}".strip()
+    return subprocess.Popen(
+        [str(tool.path), *args], env=env, preexec_fn=_die_with_parent, stderr=subprocess.PIPE, **kwargs
+    )
+
+
+def _drain(stream: Any, keep: list[bytes]) -> threading.Thread:
+    """Read `stream` to its end in a thread, keeping its first STDERR_KEEP bytes (in memory only)."""
+
+    def run() -> None:
+        size = 0
+        for chunk in iter(lambda: stream.read(8192), b""):
+            if size < STDERR_KEEP:
+                keep.append(chunk)
+                size += len(chunk)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def stop(*procs: subprocess.Popen | None) -> None:
+    """Kill and reap the children still running."""
+    for proc in procs:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+    for proc in procs:
+        if proc is not None:
+            proc.wait()
+
+
+def _close(*procs: subprocess.Popen | None) -> None:
+    for proc in procs:
+        for stream in (proc.stdin, proc.stdout, proc.stderr) if proc is not None else ():
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+
+
+def stream_restore(
+    pg_restore: PgTool,
+    psql: PgTool,
+    archive: Path,
+    target_url: str,
+    *,
+    head: bytes,
+    tail: bytes,
+    drop_newer_settings: bool,
+    where: str,
+    restore_args: Iterable[str] = (),
+) -> None:
+    """BEGIN; head; the archive's script; tail; COMMIT into psql, the COMMIT only once pg_restore succeeded.
+
+    The script goes through a pipe, never a file. If anything fails, or this process is stopped
+    (its children get SIGKILL when it dies), psql ends before COMMIT and the server rolls back.
+    """
+    restore = apply = None
+    errors: dict[str, list[bytes]] = {"pg_restore": [], "psql": []}
+    drains = []
+    try:
+        restore = spawn(
+            pg_restore, ["--no-owner", "--no-privileges", *restore_args, "-f", "-", str(archive)], stdout=subprocess.PIPE
+        )
+        drains.append(_drain(restore.stderr, errors["pg_restore"]))
+        apply = spawn(
+            psql, ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-", f"--dbname={target_url}"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        )
+        drains.append(_drain(apply.stderr, errors["psql"]))
+        try:
+            apply.stdin.write(b"BEGIN;\n" + head)
+            _copy_script(restore.stdout, apply.stdin, drop_newer_settings)
+            if restore.wait() == 0:
+                apply.stdin.write(tail + b"COMMIT;\n")
+            apply.stdin.close()
+        except BrokenPipeError:  # psql stopped on an error: its message says why
+            pass
+        apply.wait()
+    finally:
+        stop(restore, apply)
+        for thread in drains:
+            thread.join(timeout=5)
+        _close(restore, apply)
+    if apply.returncode != 0:
+        raise BackupError(
+            f"restore into {where} failed and was rolled back, the target is unchanged: {_first_error(b''.join(errors['psql']))}"
+        )
+    if restore.returncode != 0:
+        raise BackupError(
+            f"{archive.name}: pg_restore cannot read the archive ({_first_error(b''.join(errors['pg_restore']))}); "
+            f"{where} was not changed"
+        )
+
+
+def _copy_script(src: Any, dst: Any, drop_newer_settings: bool) -> None:
+    """pg_restore's script into psql; settings older servers reject are dropped from its header."""
+    if drop_newer_settings:
+        for line in iter(src.readline, b""):
+            if line.rstrip(b"\r\n") not in NEWER_SETTINGS:
+                dst.write(line)
+            if line.startswith((b"CREATE ", b"COPY ")):
+                break
+    shutil.copyfileobj(src, dst, COPY_CHUNK)
+
+
+def _erasure_params(e: erasure.Erasure) -> dict[str, Any]:
+    return {"tenant": e.tenant, "erased_at": e.erased_at, "counts": json.dumps(e.counts)}
 
 
 def _migrate(url: str, schema: str, upgrade: Callable[[str], Any] | None, fallback: str | None) -> str | None:
@@ -494,33 +706,25 @@ def _migrate(url: str, schema: str, upgrade: Callable[[str], Any] | None, fallba
     return getattr(upgrade(url), "revision", fallback)
 
 
-def _keep_erasures(url: str, ledger: list[dict[str, Any]]) -> None:
-    """Write the target's ledger rows back (after the migration created the table), in one transaction."""
+def _keep_erasures(url: str, ledger: list[erasure.Erasure]) -> None:
+    """Write the known erasures into the ledger (after the migration created the table), in one transaction."""
     with _connect(url) as conn, conn.transaction():
-        for row in ledger:
-            conn.execute(sql.RESTORE_KEEP_ERASURE, _erasure_params(row))
+        for e in ledger:
+            conn.execute(sql.RESTORE_KEEP_ERASURE, _erasure_params(e))
 
 
-def _ledger_not_kept(exc: BaseException, ledger: list[dict[str, Any]]) -> BackupError:
-    tenants = sorted({row["tenant"] for row in ledger})
+def _ledger_not_kept(exc: BaseException, ledger: list[erasure.Erasure], dirs: list[Path]) -> BackupError:
+    tenants = sorted({e.tenant for e in ledger})
+    kept = f"their receipts are kept in {dirs[0]}" if dirs else "no receipt directory was given"
     return BackupError(
-        f"{exc}; the restore was committed but, without the migration, the target's erasure ledger could not be "
-        f"written back: once `memory db upgrade` succeeds, run `memory tenant delete T --yes` for each of "
-        f"{', '.join(tenants)} to record their erasures again"
+        f"{exc}; the restore was committed (erasures replayed) but, without the migration, the erasure ledger of "
+        f"{', '.join(tenants)} could not be written back ({kept}): once `memory db upgrade` succeeds, run the same "
+        f"restore again with --force to record them"
     )
 
 
 NEWER_SETTINGS = (b"SET transaction_timeout = 0;",)
 """Lines a PG 17+ pg_restore writes that older servers reject (the setting does not exist there)."""
-
-
-def _drop_newer_settings(script: Path) -> None:
-    kept = script.with_suffix(".kept.sql")
-    with open(script, "rb") as src, open(kept, "wb") as dst:
-        for line in src:
-            if line.rstrip(b"\r\n") not in NEWER_SETTINGS:
-                dst.write(line)
-    kept.replace(script)
 
 
 def erase_statements(tenant: str, vectors: bool, *, owned: bool = True) -> list[tuple[str, dict[str, Any]]]:

@@ -7,6 +7,7 @@ one line naming the command's `--help`. Commands just raise.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from typing import Annotated, Any, Optional
@@ -699,29 +700,42 @@ def backup_restore(
     file: Annotated[str, typer.Argument(help="The archive (.dump) or its manifest (.json).")],
     target: Annotated[Optional[str], typer.Option("--target", help="Database URL to restore into (default: the service's).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the data of a non-empty target.")] = False,
+    tenant: Annotated[Optional[str], typer.Option("--tenant", help="Restore only this tenant; every other tenant stays as it is now.")] = None,
+    as_tenant: Annotated[Optional[str], typer.Option("--as", help="With --tenant: restore it under this name instead.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="With --tenant: show the counts, change nothing.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="With --tenant: do not ask before replacing the tenant's data.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON.")] = False,
 ) -> None:
     """Verify, then restore in one transaction (the target is unchanged on failure), then migrate to head.
 
-    Tenants erased after the backup was taken stay erased (the target's erasure ledger is kept and replayed).
+    Every erasure known to the target's ledger or to the receipts beside the backups stays erased.
+    With --tenant T: only T's memory items, vectors and threads go back to their state in the backup
+    (its rows written since are replaced), in one transaction; other tenants are not touched.
     """
     from pathlib import Path
 
     from memory import migrations
     from memory.backup import restore_backup
 
+    if tenant is None and (as_tenant or dry_run or yes):
+        fail(MemoryServiceError("--as, --dry-run and --yes go with --tenant T (a full restore asks for --force instead)"))
+    if tenant is not None:
+        return _restore_one_tenant(Path(file), tenant, as_tenant, dry_run, yes, target, as_json)
     _quiet_alembic()
     try:
-        if target:
+        with _stopped_by_sigterm():
             settings = _load_settings()
-            url = migrations.schema_url(target, settings.database_schema)
-            with _Progress(as_json) as step:
-                report = restore_backup(Path(file), url, force=force, on_step=step)
-        else:
-            with _open_service() as svc, _Progress(as_json) as step:
-                report = restore_backup(
-                    Path(file), svc.database_url, force=force, on_step=step, upgrade=lambda _url: svc.setup()
-                )
+            dirs = list(dict.fromkeys([Path(file).parent, Path(settings.backup_dir)]))
+            if target:
+                url = migrations.schema_url(target, settings.database_schema)
+                with _Progress(as_json) as step:
+                    report = restore_backup(Path(file), url, force=force, on_step=step, receipts_dirs=dirs)
+            else:
+                with _open_service() as svc, _Progress(as_json) as step:
+                    report = restore_backup(
+                        Path(file), svc.database_url, force=force, on_step=step, upgrade=lambda _url: svc.setup(),
+                        receipts_dirs=dirs,
+                    )
     except MemoryServiceError as exc:
         fail(exc)
     if as_json:
@@ -733,7 +747,76 @@ def backup_restore(
         markup=False, highlight=False, soft_wrap=True,
     )
     if report.erasures_replayed:
-        console.print(f"erased again (erased after the backup): {', '.join(report.erasures_replayed)}", markup=False)
+        console.print(
+            f"erased again (erasures the backup does not hold): {', '.join(report.erasures_replayed)}", markup=False
+        )
+
+
+def _restore_one_tenant(file, tenant: str, as_tenant, dry_run: bool, yes: bool, target, as_json: bool) -> None:
+    from pathlib import Path
+
+    from memory import migrations
+    from memory.tenant_restore import restore_tenant
+
+    def confirm(plan) -> bool:
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise MemoryServiceError(f"{plan.describe()}; pass --yes to confirm (no terminal to ask on); nothing was changed")
+        err_console.print(plan.describe(), markup=False, highlight=False, soft_wrap=True)
+        return typer.confirm("Replace them?", default=False, err=True)
+
+    try:
+        with _stopped_by_sigterm():
+            settings = _load_settings()
+            dirs = list(dict.fromkeys([Path(file).parent, Path(settings.backup_dir)]))
+            with contextlib.ExitStack() as stack:  # the service (an embedded server) stays up for the restore
+                if target:
+                    url = migrations.schema_url(target, settings.database_schema)
+                else:
+                    url = stack.enter_context(_open_service()).database_url
+                with _Progress(as_json) as step:
+                    plan = restore_tenant(
+                        file, url, tenant, as_tenant=as_tenant, dry_run=dry_run, confirm=confirm, receipts_dirs=dirs,
+                        on_step=step,
+                    )
+    except MemoryServiceError as exc:
+        fail(exc)
+    if as_json:
+        _print_json(plan.to_dict())
+        return
+    if dry_run:
+        console.print(f"would restore {plan.describe()}", markup=False, highlight=False, soft_wrap=True)
+        return
+    imported = plan.imported or {}
+    console.print(
+        f"restored {plan.tenant}{'' if plan.target == plan.tenant else ' as ' + plan.target} from {plan.file}: "
+        f"removed {sum((imported.get('removed') or {}).values())} rows written since, wrote {imported.get('items_inserted', 0)} "
+        f"items, {imported.get('vectors', 0)} vectors, {imported.get('threads', 0)} threads "
+        f"({imported.get('checkpoints_inserted', 0)} checkpoints); other tenants untouched",
+        markup=False, highlight=False, soft_wrap=True,
+    )
+
+
+class _stopped_by_sigterm:
+    """SIGTERM raises SystemExit(143) (from the main thread) so cleanups run: children stopped, scratch dropped."""
+
+    def __enter__(self) -> None:
+        import signal
+        import threading
+
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            def stop(signum, frame):
+                raise SystemExit(128 + signum)
+
+            self.previous = signal.signal(signal.SIGTERM, stop)
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 @tenant_app.command("list")
@@ -869,7 +952,9 @@ def tenant_delete(
         if not yes:
             raise MemoryServiceError(f"erasing tenant {tenant!r} cannot be undone; pass --yes to confirm")
         with _open_service() as svc, connection(svc.pool) as conn, _Progress(as_json) as step:
-            receipt = delete_tenant(conn, tenant, legal_hold=svc.policy.legal_hold, on_step=step)
+            receipt = delete_tenant(
+                conn, tenant, legal_hold=svc.policy.legal_hold, on_step=step, receipts_dir=svc.settings.backup_dir
+            )
     except MemoryServiceError as exc:
         fail(exc)
     if as_json:
@@ -877,7 +962,7 @@ def tenant_delete(
         return
     counts = ", ".join(f"{n} {name}" for name, n in receipt["counts"].items())
     console.print(
-        f"erased tenant {receipt['tenant']} at {receipt['erased_at']} (receipt #{receipt['erasure_id']}): {counts}",
+        f"erased tenant {receipt['tenant']} at {receipt['erased_at']} (receipt {receipt['receipt']}): {counts}",
         markup=False, highlight=False, soft_wrap=True,
     )
 

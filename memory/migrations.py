@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from langgraph.store.postgres import PostgresIndexConfig
 
 HEAD = "head"
+LEDGER_REVISION = "34fbde1743aa"
+"""The revision that creates the erasure ledger: no downgrade undoes it while the ledger holds receipts."""
 FILE_TEMPLATE = "%%(year)d_%%(month).2d_%%(day).2d_%%(rev)s_%%(slug)s"
 """Revision files are date-prefixed: `2026_11_21_5b1f0c2d9a41_initial_schema.py`."""
 
@@ -222,8 +224,34 @@ def downgrade(url: str, revision: str, *, schema: str = "public", prepare_thresh
     with connect(url, schema, prepare_threshold) as conn, migration_lock(url, schema):
         check_search_path(conn, url, schema)
         before = _current_revision(conn, schema)
+        if LEDGER_REVISION in _stepped_back(before, revision):
+            from memory import erasure
+
+            erasure.guard_downgrade(conn, LEDGER_REVISION)  # before any step: each runs in its own transaction
+            conn.commit()
         _run(command.downgrade, conn, revision, url=url, schema=schema, index=None)
         return _state(conn, schema, before)
+
+
+def _stepped_back(current: str | None, target: str) -> list[str]:
+    """The revisions a downgrade from `current` to `target` ("base", a revision, or "-N") undoes."""
+    if current is None:
+        return []
+    script = ScriptDirectory(str(script_location()))
+    try:
+        return _revisions_between(script, current, target)
+    except CommandError as exc:
+        raise MigrationError(f"downgrade {target}: {' '.join(str(exc).split())}") from exc
+
+
+def _revisions_between(script: ScriptDirectory, current: str, target: str) -> list[str]:
+    if target.startswith("-") and target[1:].isdigit():
+        lower: str | None = current
+        for _ in range(int(target[1:])):
+            lower = script.get_revision(lower).down_revision if lower else None
+    else:
+        lower = None if target == "base" else script.get_revision(target).revision
+    return [rev.revision for rev in script.iterate_revisions(current, lower)]
 
 
 def current(url: str, *, schema: str = "public", prepare_threshold: int | None = 0) -> SchemaState:

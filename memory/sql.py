@@ -1123,3 +1123,33 @@ SELECT id, tenant, admin FROM k
 """
 # `/ready`: the schema revision, on a pooled connection.
 API_SCHEMA_REVISION = "SELECT version_num FROM alembic_version"
+
+# -- erasure ledger and single-tenant restore (memory/erasure.py, memory/tenant_restore.py) ------
+# "A tenant exists": it holds memory items or owns checkpoint threads.
+ERASURE_TENANT_EXISTS = f"""
+SELECT EXISTS (SELECT 1 FROM store WHERE {_TENANT_ITEMS})
+    OR EXISTS (SELECT 1 FROM memory_threads WHERE tenant = %(tenant)s) AS present
+"""
+ERASURE_LEDGER_PRESENT = "SELECT to_regclass('memory_tenant_erasures') IS NOT NULL AS present"
+ERASURE_LEDGER = """
+SELECT tenant, erased_at, counts FROM memory_tenant_erasures
+ WHERE %(tenant)s::text IS NULL OR tenant = %(tenant)s::text
+ ORDER BY erased_at, id
+"""
+ERASURE_LEDGER_COUNT = "SELECT count(*) AS n FROM memory_tenant_erasures"
+
+# Scratch databases of single-tenant restores ({name} is a psycopg.sql.Identifier). A restore holds
+# the advisory lock (SCRATCH_LOCK_SPACE, key) while its scratch `memory_scratch_<key>` exists; a
+# scratch whose lock nobody holds (its restore died, kill -9 included) is dropped by the next one.
+SCRATCH_LOCK = "SELECT pg_try_advisory_lock(%(space)s::int, %(key)s::int) AS locked"
+SCRATCH_UNLOCK = "SELECT pg_advisory_unlock(%(space)s::int, %(key)s::int) AS released"
+SCRATCH_DATABASES = r"SELECT datname FROM pg_database WHERE datname LIKE 'memory\_scratch\_%' ORDER BY datname"
+SCRATCH_HELD = """
+SELECT EXISTS (
+    SELECT 1 FROM pg_locks
+     WHERE locktype = 'advisory' AND objsubid = 2 AND granted
+       AND classid = %(space)s::int::oid AND objid = %(key)s::int::oid
+) AS held
+"""
+SCRATCH_CREATE = "CREATE DATABASE {name} TEMPLATE template0"
+SCRATCH_DROP = "DROP DATABASE IF EXISTS {name} WITH (FORCE)"

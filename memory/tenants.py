@@ -30,11 +30,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import psycopg
 
-from memory import sql
+from memory import erasure, sql
 from memory.errors import MemoryServiceError
 from memory.retention import refuse_held
 from memory.tenancy import validate_tenant_id
@@ -143,6 +143,7 @@ def _last(item_write: Any, checkpoint_ts: str | None) -> str | None:
 
 def tenant_stats(conn: psycopg.Connection, tenant: str) -> TenantStats:
     params = tenant_params(tenant)
+    erasure.require_tenant(conn, params)
     items = conn.execute(sql.TENANT_ITEM_STATS, params).fetchone()
     threads = conn.execute(sql.TENANT_THREAD_STATS, params).fetchone()
     last = _last(items["last_write"], threads["last_checkpoint"])
@@ -183,13 +184,14 @@ def _jsonl(rows: list[dict[str, Any]]) -> bytes:
 # -- export -------------------------------------------------------------------------------------
 
 
-def export_tenant(conn: psycopg.Connection, tenant: str, out: Path, *, on_step: Step = None) -> dict[str, Any]:
-    """Write `tenant`'s items, vectors and checkpoint threads to the bundle `out`; return its manifest."""
-    out = Path(out)
-    if out.is_dir():
-        raise BundleError(f"{out} is a directory; give the bundle's file name, e.g. {out / 'tenant.bundle'}")
-    if not out.parent.is_dir():
-        raise BundleError(f"cannot write {out}: the directory {out.parent} does not exist")
+def export_tenant(conn: psycopg.Connection, tenant: str, out: Path | BinaryIO, *, on_step: Step = None) -> dict[str, Any]:
+    """Write `tenant`'s items, vectors and checkpoint threads to the bundle `out` (a path or a binary file); its manifest."""
+    if not hasattr(out, "write"):
+        out = Path(out)
+        if out.is_dir():
+            raise BundleError(f"{out} is a directory; give the bundle's file name, e.g. {out / 'tenant.bundle'}")
+        if not out.parent.is_dir():
+            raise BundleError(f"cannot write {out}: the directory {out.parent} does not exist")
     params = tenant_params(tenant)
     tenant = params["tenant"]
     revision = schema_revision(conn)
@@ -201,6 +203,8 @@ def export_tenant(conn: psycopg.Connection, tenant: str, out: Path, *, on_step: 
 
     with conn.transaction():
         conn.execute(sql.TENANT_SNAPSHOT)
+        erasure.require_tenant(conn, params)
+        erasures = erasure.receipts_of(conn, tenant)
         vectors = _vectors_present(conn)
         for name, query, encode in (
             ("items", sql.TENANT_EXPORT_ITEMS, unprefixed),
@@ -218,6 +222,7 @@ def export_tenant(conn: psycopg.Connection, tenant: str, out: Path, *, on_step: 
         "created_at": datetime.now(timezone.utc).isoformat(),
         "schema_revision": revision,
         "threads": len({r["thread_id"] for r in sections["checkpoints"]}),
+        "erasures": erasures,
         "sections": {
             name: {"rows": len(sections[name]), "sha256": hashlib.sha256(payloads[name]).hexdigest()}
             for name in SECTIONS
@@ -225,21 +230,28 @@ def export_tenant(conn: psycopg.Connection, tenant: str, out: Path, *, on_step: 
     }
     manifest["binding"] = bundle_binding(tenant, manifest["sections"])
     _say(on_step, "write the bundle")
+    if hasattr(out, "write"):  # a file object: the bundle never touches the disk (single-tenant restore)
+        _write_bundle(tarfile.open(fileobj=out, mode="w:gz"), manifest, payloads)
+        return manifest
     partial = out.with_name(out.name + ".partial")
     try:
-        with tarfile.open(partial, "w:gz") as tar:
-            for name, data in [("manifest.json", json.dumps(manifest, indent=2).encode("utf-8"))] + [
-                (f"{name}.jsonl", payloads[name]) for name in SECTIONS
-            ]:
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                info.mtime = int(datetime.now(timezone.utc).timestamp())
-                tar.addfile(info, io.BytesIO(data))
+        _write_bundle(tarfile.open(partial, "w:gz"), manifest, payloads)
         partial.replace(out)
     except OSError as exc:
         partial.unlink(missing_ok=True)
         raise BundleError(f"cannot write {out}: {exc.strerror or exc}") from exc
     return manifest
+
+
+def _write_bundle(tar: tarfile.TarFile, manifest: dict[str, Any], payloads: dict[str, bytes]) -> None:
+    with tar:
+        for name, data in [("manifest.json", json.dumps(manifest, indent=2).encode("utf-8"))] + [
+            (f"{name}.jsonl", payloads[name]) for name in SECTIONS
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = int(datetime.now(timezone.utc).timestamp())
+            tar.addfile(info, io.BytesIO(data))
 
 
 def _read_section(
@@ -266,12 +278,13 @@ class Bundle:
         return self.manifest["tenant"]
 
 
-def read_bundle(path: Path) -> Bundle:
-    """Open and verify a bundle: format and version, manifest first, each section's count and sha256."""
-    path = Path(path)
+def read_bundle(path: Path | BinaryIO) -> Bundle:
+    """Open and verify a bundle (a path or a binary file): format and version, manifest first, each section's count and sha256."""
+    source = path
+    path = Path(path) if not hasattr(path, "read") else "the bundle"
     what = f"{path}: not a tenant bundle (a gzip'd tar with manifest.json first, from `memory tenant export`)"
     try:
-        tar = tarfile.open(path, "r:gz")
+        tar = tarfile.open(fileobj=source, mode="r:gz") if hasattr(source, "read") else tarfile.open(path, "r:gz")
     except FileNotFoundError:
         raise BundleError(f"{path}: no such file") from None
     except (tarfile.TarError, OSError, EOFError) as exc:
@@ -363,19 +376,28 @@ def _erase(
 
 
 def delete_tenant(
-    conn: psycopg.Connection, tenant: str, *, legal_hold: Iterable[str] = (), on_step: Step = None
+    conn: psycopg.Connection,
+    tenant: str,
+    *,
+    legal_hold: Iterable[str] = (),
+    on_step: Step = None,
+    receipts_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Erase a tenant in one transaction and record it in `memory_tenant_erasures`; the receipt.
 
-    A tenant in `legal_hold` is refused (`LegalHoldError`) before anything is read or written."""
+    A tenant in `legal_hold` is refused (`LegalHoldError`) before anything is read or written;
+    `receipts_dir` (the backup directory) also gets the receipt as a file (memory.erasure)."""
     params = tenant_params(tenant)
     refuse_held(params["tenant"], legal_hold, "tenant delete")
     with conn.transaction():
+        erasure.require_tenant(conn, params)
         counts = _erase(conn, params, _vectors_present(conn), on_step, f"erase {params['tenant']} (tables)")
         row = conn.execute(
             sql.TENANT_RECORD_ERASURE, {"tenant": params["tenant"], "counts": json.dumps(counts)}
         ).fetchone()
-    return {"erasure_id": row["id"], "tenant": row["tenant"], "erased_at": row["erased_at"].isoformat(), "counts": row["counts"]}
+    receipt = {"erasure_id": row["id"], "tenant": row["tenant"], "erased_at": row["erased_at"].isoformat(), "counts": row["counts"]}
+    erasure.keep_receipt(receipt, receipts_dir)
+    return {**receipt, "receipt": erasure.receipt_id(row["tenant"], row["erased_at"])}
 
 
 # -- import ---------------------------------------------------------------------------------------
@@ -438,7 +460,7 @@ def _claim_threads(conn: psycopg.Connection, bundle: Bundle, target: str, thread
 
 def import_tenant(
     conn: psycopg.Connection,
-    path: Path,
+    path: Path | BinaryIO,
     *,
     as_tenant: str | None = None,
     mode: str = "merge",
@@ -463,6 +485,7 @@ def import_tenant(
             f"{revision}; bring both to the same revision (`memory db upgrade`) and export again; nothing was changed"
         )
     params = tenant_params(target)
+    erasure.refuse_erased_bundle(conn, path, bundle.manifest, target)
     clone = target != source
     if mode == "replace":
         refuse_held(target, legal_hold, "import --mode replace")

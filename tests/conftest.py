@@ -105,3 +105,9 @@ def database_url(pg_server: PgServer) -> Iterator[str]:
 def service(database_url: str) -> Iterator[MemoryService]:
     with MemoryService.open(database_url=database_url, database_pool_max_size=24) as svc:
         yield svc
+
+
+@pytest.fixture(autouse=True)
+def _backup_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's own `[backup] dir`: erasure receipts written there by one test never reach another's restore."""
+    monkeypatch.setenv("MEMORY_BACKUP_DIR", str(tmp_path_factory.mktemp("backups")))

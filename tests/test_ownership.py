@@ -327,11 +327,12 @@ def test_forged_bundles_are_refused_and_the_victim_is_byte_identical(svc, url, t
 
 
 def test_an_unmodified_bundle_does_not_append_to_a_thread_another_tenant_now_owns(svc, url, tmp_path):
-    """The issue's case: alice exported, deleted; bob took `t1`; alice's bundle must not land in bob's thread."""
+    """The issue's case: alice exported, her thread went; bob took `t1`; alice's bundle must not land in it."""
     write(svc, "alice", "t1")
     with connection(svc.pool) as conn:
         tenants.export_tenant(conn, "alice", tmp_path / "alice.bundle")
-        tenants.delete_tenant(conn, "alice")
+    with bind_tenant("alice"):
+        svc.checkpointer.delete_thread("t1")
     write(svc, "bob", "t1")
     bob = thread_md5(url, "t1")
     with connection(svc.pool) as conn, pytest.raises(BundleError, match="belongs to another tenant here"):

@@ -19,6 +19,7 @@ from memory.cli import app
 from memory.db import connection
 from memory.errors import InvalidTenantId
 from memory.scripted import script, tool_call
+from memory.erasure import ErasedTenant, NoSuchTenant
 from memory.tenants import BundleError
 from agent_runs import run_agent
 
@@ -67,24 +68,29 @@ def test_list_and_stats(service):
         stats(service, "a%")
 
 
-def test_export_delete_import_round_trips_exactly(service, tmp_path):
+def test_export_replace_import_round_trips_exactly_and_delete_erases(service, tmp_path):
     populate(service)
     before = checksums(service)
     bundle = tmp_path / "acme.bundle"
     with connection(service.pool) as conn:
         manifest = tenants.export_tenant(conn, "acme", bundle)
-        assert manifest["sections"]["items"]["rows"] == 4 and manifest["threads"] == 2
+        assert manifest["sections"]["items"]["rows"] == 4 and manifest["threads"] == 2 and manifest["erasures"] == []
+
+        report = tenants.import_tenant(conn, bundle, mode="replace")  # every acme row removed, then written back
+        assert sum(report.removed.values()) > 4 and (report.items_inserted, report.threads) == (4, 2)
+        assert checksums(service) == before
 
         receipt = tenants.delete_tenant(conn, "acme")
         assert receipt["tenant"] == "acme" and receipt["counts"]["items"] == 4 and receipt["counts"]["threads"] == 2
         ledger = conn.execute("SELECT tenant, counts FROM memory_tenant_erasures").fetchall()
         assert ledger == [{"tenant": "acme", "counts": receipt["counts"]}]
-        assert stats(service, "acme").items == 0 and stats(service, "acme").threads == 0
+        with pytest.raises(NoSuchTenant, match="no such tenant: acme"):
+            stats(service, "acme")
         assert stats(service, "glo_bex").items == 4 and stats(service, "gloXbex").items == 4
-
-        report = tenants.import_tenant(conn, bundle)
-    assert (report.items_inserted, report.threads) == (4, 2)
-    assert checksums(service) == before
+        erased = checksums(service)
+        with pytest.raises(ErasedTenant, match=f"receipt {receipt['receipt']}"):
+            tenants.import_tenant(conn, bundle)  # the bundle predates the erasure
+    assert checksums(service) == erased
 
 
 def test_export_import_and_delete_report_progress_matching_the_bundle(service, tmp_path, monkeypatch):
@@ -96,8 +102,8 @@ def test_export_import_and_delete_report_progress_matching_the_bundle(service, t
     exported, erased, imported = [], [], []
     with connection(service.pool) as conn:
         manifest = tenants.export_tenant(conn, "acme", bundle, on_step=lambda *call: exported.append(call))
+        tenants.import_tenant(conn, bundle, mode="replace", on_step=lambda *call: imported.append(call))
         tenants.delete_tenant(conn, "acme", on_step=lambda *call: erased.append(call))
-        tenants.import_tenant(conn, bundle, on_step=lambda *call: imported.append(call))
     rows = {name: meta["rows"] for name, meta in manifest["sections"].items()}
     assert rows["items"] == 8 and rows["checkpoints"] > 3 and rows["checkpoint_blobs"] > 0
 
@@ -269,11 +275,15 @@ def test_cli_tenant_commands(service, tmp_path):
     assert refused.exit_code == 1 and "--yes" in refused.output and stats(service, "acme").items == 4
     deleted = runner.invoke(app, ["tenant", "delete", "acme", "--yes", "--json"], env=env)
     assert deleted.exit_code == 0 and json.loads(deleted.output)["counts"]["items"] == 4
-    dry = runner.invoke(app, ["tenant", "import", str(bundle), "--dry-run", "--json"], env=env)
-    assert json.loads(dry.output)["items_inserted"] == 4 and stats(service, "acme").items == 0
+    refused = runner.invoke(app, ["tenant", "import", str(bundle), "--dry-run", "--json"], env=env)
+    assert refused.exit_code == 1 and "exported before acme's erasure" in refused.output
+    dry = runner.invoke(app, ["tenant", "import", str(bundle), "--as", "acme3", "--dry-run", "--json"], env=env)
+    assert json.loads(dry.output)["items_inserted"] == 4
     imported = runner.invoke(app, ["tenant", "import", str(bundle), "--as", "acme3"], env=env)
     assert imported.exit_code == 0 and "imported acme as acme3" in imported.output
-    assert stats(service, "acme3").items == 4 and stats(service, "acme").items == 0
+    assert stats(service, "acme3").items == 4
+    with pytest.raises(NoSuchTenant):
+        stats(service, "acme")
     bad_mode = runner.invoke(app, ["tenant", "import", str(bundle), "--mode", "overwrite"], env=env)
     assert bad_mode.exit_code == 1 and "--mode 'overwrite'" in bad_mode.output
 
@@ -291,8 +301,8 @@ def test_cli_progress_bars_on_a_terminal_and_pure_json_with_json(service, tmp_pa
     shown = runner.invoke(app, ["tenant", "export", "acme", "-o", str(bundle)], env=env)
     assert shown.exit_code == 0, shown.output
     assert "export items" in shown.output and "4/4" in shown.output and "exported acme" in shown.output
-    for command in (["tenant", "export", "acme", "-o", str(bundle)], ["tenant", "delete", "acme", "--yes"],
-                    ["tenant", "import", str(bundle)]):
+    for command in (["tenant", "export", "acme", "-o", str(bundle)], ["tenant", "import", str(bundle)],
+                    ["tenant", "delete", "glo_bex", "--yes"]):
         quiet = runner.invoke(app, [*command, "--json"], env=env)
         assert quiet.exit_code == 0, quiet.output
         assert isinstance(json.loads(quiet.output), dict) and "\x1b" not in quiet.output
@@ -312,9 +322,9 @@ def test_round_trip_and_clone_with_vectors(embedded_server, tmp_path):
             with connection(svc.pool) as conn:
                 manifest = tenants.export_tenant(conn, "acme", bundle)
                 assert manifest["sections"]["vectors"]["rows"] == 4
-                assert tenants.delete_tenant(conn, "acme")["counts"]["vectors"] == 4
-                assert tenants.import_tenant(conn, bundle).vectors == 4
+                assert tenants.import_tenant(conn, bundle, mode="replace").vectors == 4
                 assert table_checksums_all(svc) == before
+                assert tenants.delete_tenant(conn, "acme")["counts"]["vectors"] == 4
                 assert tenants.import_tenant(conn, bundle, as_tenant="acme2").vectors == 4
             hits = svc.store.search(("acme2", "memories"), query="acme note 0", limit=1)
             assert hits and hits[0].key == "/acme-0.md" and hits[0].score is not None

@@ -90,7 +90,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    """Our tables and indexes only: LangGraph's tables hold the agents' data and stay."""
+    """Our tables and indexes only: LangGraph's tables hold the agents' data and stay.
+
+    Refused while the erasure ledger holds receipts: dropping it would let erased tenants come back."""
+    from memory import erasure
+
+    erasure.guard_downgrade(op.get_bind(), revision)
     with op.get_context().autocommit_block():
         for name in CHECKPOINT_INDEXES:
             op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
