@@ -8,7 +8,7 @@ from langchain_core.messages import ToolMessage
 
 from memory import MemoryService
 from memory.scripted import tool_call
-from agent_runs import run_agent
+from helpers import run_agent
 
 
 

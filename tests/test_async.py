@@ -12,20 +12,9 @@ from langgraph.store.postgres import AsyncPostgresStore
 from memory import MemoryService
 from memory.scripted import script, tool_call
 
+from helpers import arun_agent
+
 NAMESPACE = ("acme", "memories")
-
-
-async def arun_agent(svc: MemoryService, tenant: str, *calls) -> list[ToolMessage]:
-    agent = create_deep_agent(
-        model=script(*calls, "done"),
-        backend=svc.backend(),
-        store=svc.store,
-        checkpointer=svc.checkpointer,
-        system_prompt=svc.system_prompt("You are a test assistant."),
-    )
-    config = {"configurable": {"thread_id": uuid.uuid4().hex}, "metadata": {"assistant_id": tenant}}
-    result = await agent.ainvoke({"messages": [{"role": "user", "content": "go"}]}, config=config)
-    return [m for m in result["messages"] if isinstance(m, ToolMessage)]
 
 
 def test_ainvoke_writes_edits_and_recalls_in_a_new_thread(database_url):

@@ -17,7 +17,7 @@ from memory.cli import app
 from memory.db import connection
 from memory.pgtools import PgToolError, find_tool
 from memory.scripted import tool_call
-from agent_runs import run_agent
+from helpers import run_agent
 from tenant_rows import counts, thread_ids
 
 

@@ -10,7 +10,7 @@ import pytest
 from memory import bind_tenant
 from memory.paths import MAX_PATH_BYTES
 from memory.scripted import tool_call
-from agent_runs import run_agent
+from helpers import run_agent
 
 LONG_PATH = "/memories/" + "x" * 10_000 + ".md"
 

@@ -19,7 +19,7 @@ from jobs import runs
 from jobs.checkpoint_pruning import JOB, CheckpointRow, PrunePolicy, prune_checkpoints, trim_plan
 from memory import MemoryService
 from memory.scripted import tool_call
-from agent_runs import deep_agent
+from helpers import deep_agent
 from test_retention import _memory
 
 TABLES = ("checkpoints", "checkpoint_writes", "checkpoint_blobs")

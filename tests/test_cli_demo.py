@@ -3,36 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
+from helpers import memory_cli
 from memory.embedded import PGDATA_DIRNAME
-
-REPO = Path(__file__).resolve().parents[1]
-TIMEOUT_S = 120
-
-
-def memory_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    """`python -m memory ARGS` from the repository, with `env` over a environment free of MEMORY_* and DATABASE_URL."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MEMORY_") and k != "DATABASE_URL"}
-    return subprocess.run(
-        [sys.executable, "-m", "memory", *args],
-        cwd=REPO,
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        check=False,
-    )
 
 
 def assert_demo_ok(done: subprocess.CompletedProcess[str]) -> dict:
     assert done.returncode == 0, done.stderr
     outcome = json.loads(done.stdout)
     assert outcome["ok"] is True
-    assert {t["tenant"] for t in outcome["tenants"]} == {"acme", "globex"}
+    assert {t["tenant"] for t in outcome["tenants"]} == {"demo-acme", "demo-globex"}
     for tenant in outcome["tenants"]:
         assert tenant["remembered"] and tenant["scratch_forgotten"] and tenant["isolated"], tenant
         assert tenant["files"] >= 1 and tenant["bytes"] > 0, tenant

@@ -17,7 +17,7 @@ from memory.backup import BackupError, create_backup, restore_backup, table_chec
 from memory.cli import app
 from memory.db import connection
 from memory.scripted import tool_call
-from agent_runs import run_agent
+from helpers import run_agent
 from tenant_rows import counts, thread_ids
 
 

@@ -18,7 +18,7 @@ import pytest
 from psycopg.rows import dict_row
 from typer.testing import CliRunner
 
-from agent_runs import deep_agent, run_agent
+from helpers import deep_agent, run_agent
 from conftest import TEMPLATE
 from jobs.checkpoint_pruning import PrunePolicy, prune_checkpoints
 from memory import MemoryService, migrations, ownership, tenants

@@ -13,7 +13,7 @@ import psycopg
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from agent_runs import run_agent
+from helpers import run_agent
 from conftest import TEMPLATE
 from jobs.checkpoint_pruning import PrunePolicy, prune_checkpoints
 from memory import MemoryService, tenants

@@ -24,7 +24,7 @@ from memory.errors import ConfigError
 from memory.quotas import QuotaExceeded, QuotaPolicy
 from memory.scripted import tool_call
 from memory.tenancy import tenant_namespace
-from agent_runs import run_agent
+from helpers import run_agent
 
 WRITERS = 32
 

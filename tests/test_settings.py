@@ -1,4 +1,5 @@
-"""Settings: config/memory.toml, then MEMORY_CONFIG, then the environment, then explicit overrides."""
+"""Settings: one file (MEMORY_CONFIG, else ./config/memory.toml, else the user's), then the environment,
+then explicit overrides."""
 
 from __future__ import annotations
 
@@ -48,12 +49,99 @@ def test_repository_config_loads_every_key():
             actual = getattr(settings, f"{table}_{key}")
             if isinstance(actual, list) and actual and hasattr(actual[0], "model_dump"):
                 actual = [rule.model_dump(exclude_unset=True) for rule in actual]
-            elif isinstance(actual, Path):
-                actual = str(actual)
-                expected = str(Path(expected))
+            elif (table, key) == ("backup", "dir"):
+                assert expected == "" and actual == settings.data_dir / "backups"
+                continue
             assert actual == expected, f"[{table}] {key}"
     assert settings.database_url == ""  # the embedded server by default
     assert settings.namespace_scope == ["assistant_id"]
+
+
+def test_code_defaults_equal_the_shipped_file(tmp_path, clean_env):
+    """Retention must not depend on the directory a command runs from: no file read = the shipped file."""
+    clean_env.chdir(tmp_path)
+    clean_env.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-user-config"))
+    from memory.settings import config_file
+
+    assert config_file() is None
+    defaults = MemorySettings.load().model_dump()
+    clean_env.setenv("MEMORY_CONFIG", str(DEFAULTS))
+    assert MemorySettings.load().model_dump() == defaults
+
+
+def test_the_file_read_is_memory_config_else_local_else_user(tmp_path, clean_env):
+    from memory.settings import config_file
+
+    user = tmp_path / "xdg"
+    (user / "deepagents-memory").mkdir(parents=True)
+    (user / "deepagents-memory" / "memory.toml").write_text("[backup]\nkeep = 3\n")
+    clean_env.setenv("XDG_CONFIG_HOME", str(user))
+    assert config_file() == DEFAULTS  # the repository as working directory
+    clean_env.chdir(tmp_path)
+    assert config_file() == user / "deepagents-memory" / "memory.toml"
+    assert MemorySettings.load().backup_keep == 3
+    clean_env.setenv("MEMORY_CONFIG", str(DEFAULTS))
+    assert config_file() == DEFAULTS and MemorySettings.load().backup_keep == 14
+
+
+def test_backups_go_under_the_data_dir_wherever_the_command_runs(tmp_path, clean_env):
+    clean_env.chdir("/")
+    clean_env.setenv("MEMORY_DATA_DIR", str(tmp_path / "data"))
+    assert MemorySettings.load().backup_dir == tmp_path / "data" / "backups"
+    clean_env.setenv("MEMORY_BACKUP_DIR", "nightly")
+    assert MemorySettings.load().backup_dir == tmp_path / "data" / "nightly"
+    clean_env.setenv("MEMORY_BACKUP_DIR", str(tmp_path / "elsewhere"))
+    assert MemorySettings.load().backup_dir == tmp_path / "elsewhere"
+
+
+def test_unknown_memory_variable_is_refused_naming_it(clean_env):
+    clean_env.setenv("MEMORY_RETENTION_DEFAULT_TTL_DAYZ", "3")
+    message = config_error()
+    assert "MEMORY_RETENTION_DEFAULT_TTL_DAYZ" in message and "MEMORY_RETENTION_DEFAULT_TTL_DAYS" in message
+
+
+def test_the_projects_own_variables_stay_allowed(clean_env):
+    from memory.settings import OTHER_VARIABLES
+
+    for name in [*OTHER_VARIABLES, "MEMORY_TEST_ANYTHING", "MEMORY_BENCH_SIZE"]:
+        if name != "MEMORY_CONFIG":
+            clean_env.setenv(name, "x")
+    MemorySettings.load()
+
+
+def test_list_settings_from_the_environment_accept_a_comma_list(clean_env):
+    for value in ("acme,globex", "acme, globex", '["acme", "globex"]'):
+        clean_env.setenv("MEMORY_RETENTION_LEGAL_HOLD", value)
+        assert MemorySettings.load().retention_legal_hold == ["acme", "globex"]
+    clean_env.setenv("MEMORY_RETENTION_RULES", "not json")
+    assert "[retention] rules" in config_error()
+
+
+def test_config_show_says_where_each_value_came_from_and_masks_passwords(tmp_path, clean_env):
+    from memory.settings import effective_settings, setting_sources
+
+    clean_env.setenv("MEMORY_CONFIG", str(write_toml(tmp_path, '[database]\nurl = "postgresql://u:s3cret@db:5432/x"\n')))
+    clean_env.setenv("MEMORY_BACKUP_KEEP", "5")
+    rows = {r["setting"]: r for r in effective_settings(MemorySettings.load(), setting_sources())}
+    assert rows["[database] url"]["value"] == "postgresql://u:***@db:5432/x"
+    assert rows["[database] url"]["source"] == str(tmp_path / "extra.toml")
+    assert rows["[backup] keep"] == {"setting": "[backup] keep", "env": "MEMORY_BACKUP_KEEP", "value": 5, "source": "env MEMORY_BACKUP_KEEP"}
+    assert rows["[serve] port"]["source"] == "default"
+    assert "s3cret" not in repr(rows)
+
+
+def test_config_show_from_anywhere_reports_the_same_with_memory_config(tmp_path):
+    """`memory config show --json` from / and from the repository agree when MEMORY_CONFIG is set."""
+    import json
+
+    from helpers import memory_cli
+
+    env = {"MEMORY_CONFIG": str(DEFAULTS), "MEMORY_DATA_DIR": str(tmp_path)}
+    here = memory_cli("config", "show", "--json", **env)
+    there = memory_cli("config", "show", "--json", cwd="/", **env)
+    assert here.returncode == 0 and there.returncode == 0, here.stderr + there.stderr
+    assert json.loads(here.stdout) == json.loads(there.stdout)
+    assert json.loads(here.stdout)["file"] == str(DEFAULTS)
 
 
 def test_memory_config_layers_over_the_defaults(tmp_path, clean_env):

@@ -22,7 +22,7 @@ from memory.cli import app
 from memory.db import connection
 from memory.scripted import tool_call
 from memory.tenant_restore import SCRATCH_PREFIX, TenantRestoreError, restore_tenant, sweep_scratch
-from agent_runs import run_agent
+from helpers import run_agent
 from tenant_rows import md5s, thread_ids
 
 

@@ -21,7 +21,7 @@ from memory.errors import InvalidTenantId
 from memory.scripted import script, tool_call
 from memory.erasure import ErasedTenant, NoSuchTenant
 from memory.tenants import BundleError
-from agent_runs import run_agent
+from helpers import run_agent
 
 TENANT_TABLES = ("store", "checkpoints", "checkpoint_blobs", "checkpoint_writes")
 
