@@ -117,10 +117,19 @@ def open_pool(url: str, min_size: int = 1, max_size: int = 20, *, prepare_thresh
     return pool
 
 
+async def acheck_reachable(url: str) -> None:
+    """Async twin of `check_reachable` (never blocks the event loop)."""
+    try:
+        conn = await psycopg.AsyncConnection.connect(url, connect_timeout=CONNECT_TIMEOUT_S)
+    except psycopg.Error as exc:
+        raise unavailable(url, exc) from exc
+    await conn.close()
+
+
 async def aopen_pool(
     url: str, min_size: int = 1, max_size: int = 20, *, prepare_threshold: int | None = 0
 ) -> AsyncConnectionPool:
-    check_reachable(url)
+    await acheck_reachable(url)
     pool = AsyncConnectionPool(
         url, min_size=min_size, max_size=max_size, kwargs=pool_kwargs(prepare_threshold), open=False
     )

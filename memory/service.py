@@ -13,8 +13,9 @@ from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
 
 from memory import migrations, quotas, usage
 from memory.backend import TenantMemoryBackend
-from memory.db import aopen_pool, connection, open_pool
+from memory.db import aconnection, aopen_pool, connection, db_errors, open_pool
 from memory.embedded import EmbeddedPostgres
+from memory.errors import MemoryServiceError
 from memory.prompt import with_memory_conventions
 from memory.saver import AsyncTenantPostgresSaver, TenantPostgresSaver
 from memory.settings import MemorySettings
@@ -22,6 +23,10 @@ from memory.tenancy import TenantResolver
 from memory.vectors import index_config
 
 MEMORY_ROUTE = "/memories/"
+
+
+class ServiceModeError(MemoryServiceError):
+    """A sync method was called on an async service (or the reverse)."""
 
 
 def _settings(settings: MemorySettings | None, overrides: dict[str, Any]) -> MemorySettings:
@@ -110,7 +115,7 @@ class MemoryService:
     async def aopen(cls, settings: MemorySettings | None = None, **overrides: Any) -> AsyncIterator[MemoryService]:
         """Async twin of `open`: `AsyncPostgresStore` and `AsyncPostgresSaver` on an async pool."""
         settings = _settings(settings, overrides)
-        url, embedded = _database_url(settings)
+        url, embedded = await asyncio.to_thread(_database_url, settings)  # an embedded start blocks
         try:
             pool = await aopen_pool(
                 url,
@@ -124,7 +129,7 @@ class MemoryService:
                 yield cls(settings, url, pool, store, AsyncTenantPostgresSaver(pool, legal_hold=_held(settings)))
         finally:
             if embedded is not None:
-                embedded.stop()
+                await asyncio.to_thread(embedded.stop)
 
     # -- schema ---------------------------------------------------------------------------
 
@@ -160,6 +165,16 @@ class MemoryService:
     # -- inventory ------------------------------------------------------------------------
 
     def memory_usage(self) -> list[usage.TenantUsage]:
-        """Files and bytes of memory per tenant."""
-        with connection(self.pool) as conn:
+        """Files and content bytes of memory per tenant (on a service from `open()`)."""
+        if not isinstance(self.store, PostgresStore):
+            raise ServiceModeError("memory_usage() needs MemoryService.open(); under aopen() use `await svc.amemory_usage()`")
+        with db_errors("memory usage"), connection(self.pool) as conn:
             return usage.memory_usage(conn, self.settings.namespace_suffix)
+
+    async def amemory_usage(self) -> list[usage.TenantUsage]:
+        """Async twin of `memory_usage` (on a service from `aopen()`)."""
+        if not isinstance(self.store, AsyncPostgresStore):
+            raise ServiceModeError("amemory_usage() needs MemoryService.aopen(); under open() use `svc.memory_usage()`")
+        with db_errors("memory usage"):
+            async with aconnection(self.pool) as conn:
+                return await usage.amemory_usage(conn, self.settings.namespace_suffix)

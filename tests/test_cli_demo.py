@@ -48,3 +48,39 @@ def test_missing_memory_config_is_one_error_line_and_exit_1(tmp_path):
     done = memory_cli("demo", "--json", MEMORY_CONFIG=str(missing))
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [f"error: MEMORY_CONFIG points at {missing}, which does not exist"]
+
+
+def test_a_server_left_by_a_killed_process_is_reused_then_stopped(tmp_path):
+    """kill -9 skips the holder's cleanup; the next command finds the server, uses it, and stops it."""
+    import os
+    import signal
+    import sys
+
+    from helpers import REPO
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom memory import MemoryService\n"
+         f"with MemoryService.open(data_dir={str(tmp_path)!r}, database_pool_max_size=1):\n"
+         "    print('up', flush=True); time.sleep(600)\n"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("MEMORY_") and k != "DATABASE_URL"},
+    )
+    try:
+        assert holder.stdout.readline().strip() == "up"
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        holder.stdout.close()
+    pid_file = tmp_path / PGDATA_DIRNAME / "postmaster.pid"
+    assert pid_file.exists(), "the killed holder's server should still run"
+    postmaster = int(pid_file.read_text().splitlines()[0])
+
+    done = memory_cli("db", "current", MEMORY_DATA_DIR=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert not pid_file.exists(), "the next command left the orphaned server running"
+    import psutil
+
+    try:
+        psutil.Process(postmaster).wait(30)  # pg_ctl stop -w returns as the pid file goes; the exit follows
+    except psutil.NoSuchProcess:
+        pass
