@@ -443,7 +443,8 @@ SELECT thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel, type, blo
  ORDER BY thread_id, checkpoint_ns, checkpoint_id, task_id, idx
 """
 
-# Erasure, in this order, in one transaction (vectors first: counted, though the FK cascades).
+# Erasure, in this order, in one transaction (vectors first: counted, though the FK cascades; the
+# threads' owner rows last).
 TENANT_THREAD_IDS = _TENANT_THREADS
 TENANT_DELETE_VECTORS = f"DELETE FROM store_vectors WHERE {_TENANT_ITEMS}"
 TENANT_DELETE_ITEMS = f"DELETE FROM store WHERE {_TENANT_ITEMS}"
@@ -451,9 +452,15 @@ TENANT_DELETE_WRITES = "DELETE FROM checkpoint_writes WHERE thread_id = ANY(%(th
 TENANT_DELETE_BLOBS = "DELETE FROM checkpoint_blobs WHERE thread_id = ANY(%(threads)s)"
 TENANT_DELETE_CHECKPOINTS = "DELETE FROM checkpoints WHERE thread_id = ANY(%(threads)s)"
 TENANT_DELETE_THREADS = "DELETE FROM memory_threads WHERE thread_id = ANY(%(threads)s)"
-# The same erasure as one statement per table, for replay inside a restore script: by owner (the
-# cascade takes checkpoints, blobs and writes), or by metadata for a backup older than ownership.
-TENANT_ERASE_OWNED_THREADS = f"DELETE FROM memory_threads WHERE tenant = %(tenant)s"
+# The same erasure, for replay inside a restore script: the owned threads' rows and owner rows in one
+# statement, or by metadata for a backup older than ownership.
+TENANT_ERASE_OWNED_THREADS = """
+WITH owned AS (SELECT thread_id FROM memory_threads WHERE tenant = %(tenant)s),
+     writes AS (DELETE FROM checkpoint_writes WHERE thread_id IN (SELECT thread_id FROM owned)),
+     blobs AS (DELETE FROM checkpoint_blobs WHERE thread_id IN (SELECT thread_id FROM owned)),
+     checkpoints AS (DELETE FROM checkpoints WHERE thread_id IN (SELECT thread_id FROM owned))
+DELETE FROM memory_threads WHERE tenant = %(tenant)s
+"""
 TENANT_ERASE_WRITES = f"DELETE FROM checkpoint_writes WHERE thread_id IN ({_TENANT_THREADS_BY_METADATA})"
 TENANT_ERASE_BLOBS = f"DELETE FROM checkpoint_blobs WHERE thread_id IN ({_TENANT_THREADS_BY_METADATA})"
 TENANT_ERASE_CHECKPOINTS = f"DELETE FROM checkpoints WHERE thread_id IN ({_TENANT_THREADS_BY_METADATA})"
@@ -777,8 +784,8 @@ SELECT (SELECT count(*) FROM checkpoints) AS checkpoints, (SELECT count(DISTINCT
 """
 
 # -- thread ownership (memory/ownership.py, the thread_ownership migration) -----------------------
-# `memory_threads` names the owning tenant of each checkpoint thread (NULL: unattributed). The
-# checkpoint tables reference it (ON DELETE CASCADE), so no thread exists without an owner row.
+# `memory_threads` names the owning tenant of each checkpoint thread (NULL: unattributed). Rows of a
+# thread id without an owner row are refused to everyone (the functions below) until assigned.
 
 # The migration: a thread every checkpoint of which names one valid tenant goes to it; anything
 # else (no tenant, several, an invalid id, rows only in blobs/writes) stays unattributed.
@@ -797,36 +804,65 @@ SELECT thread_id,
 ON CONFLICT (thread_id) DO NOTHING
 """
 
-# The owner of one thread: no row when the thread is new (nobody wrote to it yet).
-OWNERSHIP_OWNER = "SELECT tenant FROM memory_threads WHERE thread_id = %(thread_id)s"
+# The owner of one thread (`owned` false: no owner row; with `written`, rows written around the saver).
+OWNERSHIP_OWNER = """
+SELECT (SELECT tenant FROM memory_threads WHERE thread_id = %(thread_id)s) AS tenant,
+       EXISTS (SELECT 1 FROM memory_threads WHERE thread_id = %(thread_id)s) AS owned,
+       EXISTS (SELECT 1 FROM checkpoints WHERE thread_id = %(thread_id)s) AS written
+"""
 
 # `list()` without a thread, and every list: only the tenant's threads (appended to the saver's WHERE).
 OWNERSHIP_LIST_SCOPE = "thread_id IN (SELECT thread_id FROM memory_threads WHERE tenant = %s)"
 
-# Admin: threads nobody owns, and giving one an owner (only an unattributed thread).
+# Admin: threads nobody owns (an owner row without a tenant, or checkpoints written without going
+# through the saver), and giving one an owner (only such a thread).
 OWNERSHIP_UNATTRIBUTED = """
-SELECT t.thread_id, t.created_at, count(c.checkpoint_id) AS checkpoints,
+WITH unowned AS (
+    SELECT thread_id, created_at FROM memory_threads WHERE tenant IS NULL
+    UNION
+    SELECT DISTINCT c.thread_id, NULL::timestamptz FROM checkpoints c
+     WHERE NOT EXISTS (SELECT 1 FROM memory_threads t WHERE t.thread_id = c.thread_id)
+)
+SELECT u.thread_id, u.created_at, count(c.checkpoint_id) AS checkpoints,
        array_remove(array_agg(DISTINCT c.metadata->>'assistant_id'), NULL) AS named_tenants
-  FROM memory_threads t LEFT JOIN checkpoints c ON c.thread_id = t.thread_id
- WHERE t.tenant IS NULL
- GROUP BY t.thread_id, t.created_at
- ORDER BY t.thread_id
+  FROM unowned u LEFT JOIN checkpoints c ON c.thread_id = u.thread_id
+ GROUP BY u.thread_id, u.created_at
+ ORDER BY u.thread_id
 """
 OWNERSHIP_ASSIGN = """
-UPDATE memory_threads SET tenant = %(tenant)s WHERE thread_id = %(thread_id)s AND tenant IS NULL
-RETURNING thread_id
+WITH unowned AS (
+    UPDATE memory_threads SET tenant = %(tenant)s WHERE thread_id = %(thread_id)s AND tenant IS NULL
+    RETURNING thread_id
+), adopted AS (
+    INSERT INTO memory_threads (thread_id, tenant)
+    SELECT %(thread_id)s, %(tenant)s
+     WHERE EXISTS (SELECT 1 FROM checkpoints WHERE thread_id = %(thread_id)s)
+    ON CONFLICT (thread_id) DO NOTHING
+    RETURNING thread_id
+)
+SELECT thread_id FROM unowned UNION ALL SELECT thread_id FROM adopted
 """
-# Deleting a thread is deleting its owner row: the foreign keys cascade to its checkpoints, blobs, writes.
-OWNERSHIP_DELETE_THREAD = "DELETE FROM memory_threads WHERE thread_id = %(thread_id)s"
+# Deleting one thread: its rows in the three tables and its owner row, in one statement.
+OWNERSHIP_DELETE_THREAD = """
+WITH writes AS (DELETE FROM checkpoint_writes WHERE thread_id = %(thread_id)s),
+     blobs AS (DELETE FROM checkpoint_blobs WHERE thread_id = %(thread_id)s),
+     checkpoints AS (DELETE FROM checkpoints WHERE thread_id = %(thread_id)s)
+DELETE FROM memory_threads WHERE thread_id = %(thread_id)s
+"""
 # After an upgrade: the ids of threads nobody owns (asked only once the ownership revision ran).
 OWNERSHIP_PRESENT = "SELECT to_regclass('memory_threads') IS NOT NULL AS present"
 OWNERSHIP_UNATTRIBUTED_IDS = "SELECT thread_id FROM memory_threads WHERE tenant IS NULL ORDER BY thread_id"
-OWNERSHIP_DROP_CLAIM_FUNCTION = "DROP FUNCTION IF EXISTS memory_claim_thread(text, text)"
+OWNERSHIP_DROP_FUNCTIONS = (
+    "DROP FUNCTION IF EXISTS memory_claim_thread(text, text)",
+    "DROP FUNCTION IF EXISTS memory_check_thread(text, text)",
+)
 
-# -- thread ownership: the claim a saver write queues before its own statements -------------------
+# -- thread ownership: what the saver queues before its own statements ---------------------------
 # Created by the thread_ownership revision and again by every upgrade (CREATE OR REPLACE), so a
-# database restored from a dump of the tables alone has it too. A concurrent claim's row is seen by
-# the function's own later statement (READ COMMITTED: a new snapshot per statement).
+# database restored from a dump of the tables alone has them too. Both raise SQLSTATE MT001 (detail
+# 'owned' or 'unattributed'); a concurrent claim's row is seen by the function's own later statement
+# (READ COMMITTED: a new snapshot per statement). A thread id with rows but no owner row was written
+# around the saver: refused as unattributed, never adopted.
 OWNERSHIP_CLAIM_FUNCTION = """
 CREATE OR REPLACE FUNCTION memory_claim_thread(p_thread_id text, p_tenant text) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -836,6 +872,9 @@ BEGIN
     INSERT INTO memory_threads (thread_id, tenant) VALUES (p_thread_id, p_tenant)
     ON CONFLICT (thread_id) DO NOTHING;
     IF FOUND THEN
+        IF EXISTS (SELECT 1 FROM checkpoints WHERE thread_id = p_thread_id) THEN
+            RAISE EXCEPTION 'thread has rows but no owner' USING ERRCODE = 'MT001', DETAIL = 'unattributed';
+        END IF;
         RETURN;
     END IF;
     SELECT tenant INTO owner FROM memory_threads WHERE thread_id = p_thread_id;
@@ -846,11 +885,27 @@ BEGIN
 END
 $$
 """
+OWNERSHIP_CHECK_FUNCTION = """
+CREATE OR REPLACE FUNCTION memory_check_thread(p_thread_id text, p_tenant text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    owner text;
+BEGIN
+    SELECT tenant INTO owner FROM memory_threads WHERE thread_id = p_thread_id;
+    IF NOT FOUND THEN
+        IF EXISTS (SELECT 1 FROM checkpoints WHERE thread_id = p_thread_id) THEN
+            RAISE EXCEPTION 'thread has rows but no owner' USING ERRCODE = 'MT001', DETAIL = 'unattributed';
+        END IF;
+    ELSIF owner IS DISTINCT FROM p_tenant THEN
+        RAISE EXCEPTION 'thread belongs to another tenant'
+            USING ERRCODE = 'MT001', DETAIL = CASE WHEN owner IS NULL THEN 'unattributed' ELSE 'owned' END;
+    END IF;
+END
+$$
+"""
+OWNERSHIP_CHECK_OR_RAISE = "SELECT memory_check_thread(%(thread_id)s, %(tenant)s)"
 OWNERSHIP_CLAIM_OR_RAISE = "SELECT memory_claim_thread(%(thread_id)s, %(tenant)s)"
 
-# -- benchmark: the tenant-aware saver (bench/entries/saver.py) ----------------------------------
-# The baseline database as plain LangGraph has it: no ownership foreign key ({table}: a fixed name).
-BENCH_DROP_OWNERSHIP_FK = "ALTER TABLE {table} DROP CONSTRAINT fk_{table}_thread_id_memory_threads"
 
 # -- memory tools: vectors in step, TTL refresh on listing, quotas (issue 13) ----------------------
 
