@@ -148,142 +148,138 @@ SELECT 1
 """
 
 # -- retention: TTL cleanup (jobs/ttl_cleanup.py) -----------------------------------------
-# Two sweeps, each a loop of batch statements, one transaction per batch of at most `batch_size`
-# rows. `tenant` (NULL: every tenant) narrows to one tenant; tenants in `held` (legal hold) are
-# never touched; the tenant is a namespace's first label. A batch statement takes its rows
-# (FOR UPDATE SKIP LOCKED: a row a writer holds is left for the next run, and a row a writer
-# just renewed no longer matches), deletes their vectors and then them, and returns one row per
-# tenant (items, vectors) plus where the next batch starts (`after_*`) and how many rows it took.
-# The dry-run statements take the same rows without locking or deleting anything.
+# A run walks the store in batches, one statement (so one transaction) per batch, and nothing
+# is locked ahead: each batch is a DELETE whose WHERE is the whole criterion, so a row a writer
+# renewed meanwhile no longer matches (READ COMMITTED re-checks an updated row) and stays.
+# `tenant` (NULL: every tenant) narrows to one tenant; tenants in `held` (legal hold) are never
+# touched; the tenant is a namespace's first label. A batch deletes its items' vectors in the
+# same statement and returns one row: per tenant [items, by_expiry, vectors] (`per_tenant`),
+# plus, for the index walk, how many rows it took and where the next batch starts (`after_*`).
+# A dry run runs the same walk with SELECT in place of DELETE.
+#
+# Two ways to walk, the job picks one per run:
+# - heap: ranges of heap blocks [lo, hi) (a TID range scan reads just those blocks), the
+#   whole table once - the same pages `DELETE ... WHERE expires_at < now()` reads, in slices;
+#   used when many rows go (or when the policy expires anything: only a full pass finds rows
+#   past a policy TTL);
+# - index: along idx_store_expires_at, `batch_size` rows at a time in (expires_at, prefix, key)
+#   order; used when few rows have expired, so a run costs what expired, not the table.
 
 _TTL_SCOPE = """
    AND (%(tenant)s::text IS NULL OR split_part(s.prefix, '.', 1) = %(tenant)s::text)
    AND split_part(s.prefix, '.', 1) <> ALL (%(held)s::text[])"""
 
-# Sweep 1, by expiry: rows of any namespace whose expires_at (set on write from the policy) has
-# passed, walked along idx_store_expires_at from `after_expires_at` (inclusive: the rows taken
-# before are gone). A dry run deletes nothing, so it walks the primary key instead.
-_TTL_EXPIRED_ROWS = f"""
-    SELECT s.ctid AS row_id, s.prefix, s.key, s.expires_at
-      FROM store s
-     WHERE s.expires_at <= %(now)s
-       AND s.expires_at >= %(after_expires_at)s{_TTL_SCOPE}
-     ORDER BY s.expires_at
-     LIMIT %(batch_size)s"""
+# Expired by the row's own expires_at (set on write from the policy, any namespace).
+_TTL_EXPIRED = "s.expires_at <= %(now)s"
 
-_TTL_EXPIRED_ROWS_DRY = f"""
-    SELECT s.ctid AS row_id, s.prefix, s.key, s.expires_at
-      FROM store s
-     WHERE s.expires_at <= %(now)s
-       AND (s.prefix, s.key) > (%(after_prefix)s::text, %(after_key)s::text){_TTL_SCOPE}
-     ORDER BY s.prefix, s.key
-     LIMIT %(batch_size)s"""
+# Past the policy: a row of a memory namespace (ending in `suffix`), whose first matching rule
+# (arrays ordered most specific first, the default last) gives a TTL, last written (or, with
+# refresh on read, last read: expires_at minus ttl_minutes) longer ago than that. This is how a
+# policy change reaches rows written before it, or written with no expiry. A rule of 0 days
+# (NULL seconds) keeps the row: the comparison with NULL is not true.
+_TTL_PAST_POLICY = """(right(s.prefix, char_length(%(suffix)s::text) + 1) = '.' || %(suffix)s::text
+        AND CASE WHEN s.expires_at IS NOT NULL AND s.ttl_minutes IS NOT NULL
+                 THEN s.expires_at - make_interval(mins => s.ttl_minutes)
+                 ELSE s.updated_at END
+            <= %(now)s - make_interval(secs => (
+                SELECT r.ttl_seconds
+                  FROM unnest(%(rule_tenants)s::text[], %(rule_key_prefixes)s::text[], %(rule_ttl_seconds)s::float8[])
+                       WITH ORDINALITY AS r(tenant, key_prefix, ttl_seconds, position)
+                 WHERE (r.tenant IS NULL OR r.tenant = split_part(s.prefix, '.', 1))
+                   AND starts_with(s.key, r.key_prefix)
+                 ORDER BY r.position
+                 LIMIT 1)))"""
 
-# Sweep 2, by policy: rows of memory namespaces (ending in `suffix`) not expired by their own
-# expires_at. The first matching rule (arrays ordered most specific first, the default last)
-# gives the TTL; a row last written (or, with refresh on read, last read: expires_at minus
-# ttl_minutes) longer ago than that goes. This is how a policy change reaches rows written
-# before it, or written with no expiry. Walked in primary-key order from (after_prefix, after_key).
-_TTL_RULES = """
-rules AS (
-    SELECT r.tenant, r.key_prefix, r.ttl_seconds, r.position
-      FROM unnest(%(rule_tenants)s::text[], %(rule_key_prefixes)s::text[], %(rule_ttl_seconds)s::float8[])
-           WITH ORDINALITY AS r(tenant, key_prefix, ttl_seconds, position)
+_TTL_HEAP_RANGE = "s.ctid >= %(lo)s::tid AND s.ctid < %(hi)s::tid"
+
+# The index walk's batch: the next rows along the expires_at index (keyset, so rows a batch
+# left - renewed meanwhile, or of a held tenant - are passed, not taken again).
+_TTL_INDEX_BATCH = f"""
+batch AS (
+    SELECT s.ctid AS row_id, s.expires_at, s.prefix, s.key
+      FROM store s
+     WHERE {_TTL_EXPIRED}
+       AND s.expires_at >= %(after_expires_at)s
+       AND (s.expires_at, s.prefix, s.key) > (%(after_expires_at)s, %(after_prefix)s::text, %(after_key)s::text){_TTL_SCOPE}
+     ORDER BY s.expires_at, s.prefix, s.key
+     LIMIT %(batch_size)s
 ),"""
-
-_TTL_POLICY_ROWS = f"""
-    SELECT s.ctid AS row_id, s.prefix, s.key, s.expires_at
-      FROM store s
-     CROSS JOIN LATERAL (
-            SELECT r.ttl_seconds
-              FROM rules r
-             WHERE (r.tenant IS NULL OR r.tenant = split_part(s.prefix, '.', 1))
-               AND starts_with(s.key, r.key_prefix)
-             ORDER BY r.position
-             LIMIT 1) AS rule
-     WHERE right(s.prefix, char_length(%(suffix)s::text) + 1) = '.' || %(suffix)s::text
-       AND (s.prefix, s.key) > (%(after_prefix)s::text, %(after_key)s::text)
-       AND (s.expires_at IS NULL OR s.expires_at > %(now)s)
-       AND rule.ttl_seconds IS NOT NULL
-       AND CASE WHEN s.expires_at IS NOT NULL AND s.ttl_minutes IS NOT NULL
-                THEN s.expires_at - make_interval(mins => s.ttl_minutes)
-                ELSE s.updated_at END
-           <= %(now)s - make_interval(secs => rule.ttl_seconds){_TTL_SCOPE}
-     ORDER BY s.prefix, s.key
-     LIMIT %(batch_size)s"""
-
-_TTL_LOCK = """
-       FOR UPDATE OF s SKIP LOCKED"""
 
 _TTL_DELETE_VECTORS = """
 vectors AS (
-    DELETE FROM store_vectors v USING batch b
-     WHERE v.prefix = b.prefix AND v.key = b.key
-    RETURNING v.prefix
-),"""
+    DELETE FROM store_vectors v USING items i WHERE v.prefix = i.prefix AND v.key = i.key RETURNING v.prefix
+)"""
 
 _TTL_COUNT_VECTORS = """
 vectors AS (
-    SELECT v.prefix FROM store_vectors v JOIN batch b ON v.prefix = b.prefix AND v.key = b.key
-),"""
+    SELECT v.prefix FROM store_vectors v JOIN items i ON v.prefix = i.prefix AND v.key = i.key
+)"""
 
 _TTL_NO_VECTORS = """
 vectors AS (
     SELECT NULL::text AS prefix WHERE false
-),"""
-
-_TTL_DELETE_ITEMS = """
-items AS (
-    DELETE FROM store s USING batch b WHERE s.ctid = b.row_id RETURNING s.prefix
 )"""
 
-_TTL_COUNT_ITEMS = """
-items AS (
-    SELECT prefix FROM batch
-)"""
+_TTL_PER_TENANT = """
+SELECT (SELECT coalesce(jsonb_object_agg(t.tenant, jsonb_build_array(t.items, t.by_expiry, coalesce(v.vectors, 0))), '{}')
+          FROM (SELECT split_part(prefix, '.', 1) AS tenant, count(*) AS items,
+                       count(*) FILTER (WHERE by_expiry) AS by_expiry
+                  FROM items GROUP BY 1) AS t
+          LEFT JOIN (SELECT split_part(prefix, '.', 1) AS tenant, count(*) AS vectors FROM vectors GROUP BY 1) AS v
+               USING (tenant)) AS per_tenant"""
 
-_TTL_REPORT = """
-SELECT t.tenant, t.items, coalesce(v.vectors, 0) AS vectors,
+_TTL_INDEX_POSITION = """,
        (SELECT count(*) FROM batch) AS taken,
-       (SELECT max(expires_at) FROM batch) AS after_expires_at,
-       (SELECT prefix FROM batch ORDER BY prefix DESC, key DESC LIMIT 1) AS after_prefix,
-       (SELECT key FROM batch ORDER BY prefix DESC, key DESC LIMIT 1) AS after_key
-  FROM (SELECT split_part(prefix, '.', 1) AS tenant, count(*) AS items FROM items GROUP BY 1) AS t
-  LEFT JOIN (SELECT split_part(prefix, '.', 1) AS tenant, count(*) AS vectors FROM vectors GROUP BY 1) AS v
-       USING (tenant)
+       b.expires_at AS after_expires_at, b.prefix AS after_prefix, b.key AS after_key
+  FROM (SELECT NULL) AS one
+  LEFT JOIN (SELECT expires_at, prefix, key FROM batch ORDER BY expires_at DESC, prefix DESC, key DESC LIMIT 1) AS b
+       ON true
 """
 
 
-def _ttl_batch(rows: str, *, rules: bool, dry_run: bool, vectors: bool) -> str:
+def _ttl_batch(walk: str, *, policy: bool, dry_run: bool, vectors: bool) -> str:
     """One batch statement from the fragments above (built once, at import)."""
-    if vectors:
-        vector_part = _TTL_COUNT_VECTORS if dry_run else _TTL_DELETE_VECTORS
+    criterion = f"({_TTL_EXPIRED} OR {_TTL_PAST_POLICY})" if policy else _TTL_EXPIRED
+    if walk == "heap":
+        head, where = "WITH", f"{_TTL_HEAP_RANGE}\n       AND {criterion}{_TTL_SCOPE}"
     else:
-        vector_part = _TTL_NO_VECTORS
-    return (
-        "WITH"
-        + (_TTL_RULES if rules else "")
-        + "\nbatch AS ("
-        + rows
-        + ("" if dry_run else _TTL_LOCK)
-        + "\n),"
-        + vector_part
-        + (_TTL_COUNT_ITEMS if dry_run else _TTL_DELETE_ITEMS)
-        + _TTL_REPORT
-    )
+        head, where = "WITH" + _TTL_INDEX_BATCH, f"s.ctid = ANY(ARRAY(SELECT row_id FROM batch))\n       AND {criterion}{_TTL_SCOPE}"
+    returning = f"s.prefix, s.key, coalesce({_TTL_EXPIRED}, false) AS by_expiry"
+    if dry_run:
+        items = f"\nitems AS (\n    SELECT {returning} FROM store s\n     WHERE {where}\n),"
+    else:
+        items = f"\nitems AS (\n    DELETE FROM store s\n     WHERE {where}\n    RETURNING {returning}\n),"
+    vector_part = (_TTL_COUNT_VECTORS if dry_run else _TTL_DELETE_VECTORS) if vectors else _TTL_NO_VECTORS
+    tail = _TTL_INDEX_POSITION if walk == "index" else "\n"
+    return head + items + vector_part + _TTL_PER_TENANT + tail
 
 
-# By sweep ("by_expiry", "by_policy"), dry run, store_vectors present: the batch statement.
+# By walk ("heap", "index"), policy expires anything, dry run, store_vectors present: the batch
+# statement. The index walk never applies the policy (that needs the heap walk's full pass).
 TTL_BATCH = {
-    (sweep, dry_run, vectors): _ttl_batch(rows, rules=rules, dry_run=dry_run, vectors=vectors)
-    for sweep, dry_run, rows, rules in (
-        ("by_expiry", False, _TTL_EXPIRED_ROWS, False),
-        ("by_expiry", True, _TTL_EXPIRED_ROWS_DRY, False),
-        ("by_policy", False, _TTL_POLICY_ROWS, True),
-        ("by_policy", True, _TTL_POLICY_ROWS, True),
-    )
+    (walk, policy, dry_run, vectors): _ttl_batch(walk, policy=policy, dry_run=dry_run, vectors=vectors)
+    for walk, policy in (("heap", False), ("heap", True), ("index", False))
+    for dry_run in (False, True)
     for vectors in (False, True)
 }
+
+# What a run needs to pick its walk: the heap's size in blocks now (the heap walk's end) and the
+# rows per block the statistics expect; then how many rows have expired, counted along the
+# index up to `cap` (only whether there are at least that many matters).
+TTL_TABLE_SIZE = """
+SELECT pg_relation_size('store') / current_setting('block_size')::int AS blocks,
+       coalesce((SELECT reltuples / nullif(relpages, 0) FROM pg_class WHERE oid = 'store'::regclass), 0) AS rows_per_block
+"""
+TTL_EXPIRED_UP_TO = "SELECT count(*) AS expired FROM (SELECT 1 FROM store s WHERE s.expires_at <= %(now)s LIMIT %(cap)s) AS e"
+
+# For the batches of a real run: commits need not wait for the disk (a crash loses at most the
+# last batches, which the next run deletes again; the run's own record is committed with the
+# session's setting afterwards, which flushes every batch before it), and a row a writer holds
+# makes the batch give up after `lock_timeout`, before any deadlock check could pick the writer.
+TTL_SESSION_CURRENT = "SELECT current_setting('synchronous_commit') AS synchronous_commit, current_setting('lock_timeout') AS lock_timeout"
+TTL_SESSION_SET = """
+SELECT set_config('synchronous_commit', %(synchronous_commit)s, false), set_config('lock_timeout', %(lock_timeout)s, false)
+"""
 
 DATABASE_NOW = "SELECT now() AS now"
 
