@@ -191,7 +191,7 @@ class _Cleanup:
         for attempt in range(1, BUSY_ATTEMPTS + 1):
             started = time.perf_counter()
             try:
-                row = self.fetch(statement, params)[0]
+                rows = self.fetch(statement, params)
             except BUSY_ERRORS:
                 if attempt == BUSY_ATTEMPTS:
                     self.report.bump("skipped_busy")
@@ -201,8 +201,14 @@ class _Cleanup:
             finally:
                 elapsed = time.perf_counter() - started
                 self.report.longest_transaction_s = max(self.report.longest_transaction_s, elapsed)
+            if rows and "per_tenant" in rows[0]:  # the index walk: one row, counts by tenant, where it ended
+                row = rows[0]
+                counted = [(tenant, *counts) for tenant, counts in row["per_tenant"].items()]
+            else:  # the heap walk: counts by namespace
+                row = {}
+                counted = [(r["prefix"].split(".", 1)[0], r["items"], r["by_expiry"], r["vectors"]) for r in rows]
             deleted = 0
-            for tenant, (items, by_expiry, vectors) in row["per_tenant"].items():
+            for tenant, items, by_expiry, vectors in counted:
                 self.report.add(tenant, "items", items)
                 self.report.add(tenant, "vectors", vectors)
                 self.report.bump("by_expiry", by_expiry)

@@ -237,6 +237,14 @@ _TTL_INDEX_POSITION = """,
 """
 
 
+_TTL_HEAP_COUNTS = """
+SELECT prefix, count(*) AS items, count(*) FILTER (WHERE by_expiry) AS by_expiry, 0 AS vectors FROM items GROUP BY prefix"""
+
+_TTL_HEAP_VECTOR_COUNTS = """
+ UNION ALL
+SELECT prefix, 0, 0, count(*) FROM vectors GROUP BY prefix"""
+
+
 def _ttl_batch(walk: str, *, policy: bool, dry_run: bool, vectors: bool) -> str:
     """One batch statement from the fragments above (built once, at import)."""
     criterion = f"({_TTL_EXPIRED} OR {_TTL_PAST_POLICY})" if policy else _TTL_EXPIRED
@@ -246,12 +254,16 @@ def _ttl_batch(walk: str, *, policy: bool, dry_run: bool, vectors: bool) -> str:
         head, where = "WITH" + _TTL_INDEX_BATCH, f"s.ctid = ANY(ARRAY(SELECT row_id FROM batch))\n       AND {criterion}{_TTL_SCOPE}"
     returning = f"s.prefix, s.key, coalesce({_TTL_EXPIRED}, false) AS by_expiry"
     if dry_run:
-        items = f"\nitems AS (\n    SELECT {returning} FROM store s\n     WHERE {where}\n),"
+        items = f"\nitems AS (\n    SELECT {returning} FROM store s\n     WHERE {where}\n)"
     else:
-        items = f"\nitems AS (\n    DELETE FROM store s\n     WHERE {where}\n    RETURNING {returning}\n),"
+        items = f"\nitems AS (\n    DELETE FROM store s\n     WHERE {where}\n    RETURNING {returning}\n)"
+    if walk == "heap":  # rows of (prefix, items, by_expiry, vectors): a namespace's rows share a tenant
+        if not vectors:
+            return head + items + _TTL_HEAP_COUNTS + "\n"
+        vector_part = _TTL_COUNT_VECTORS if dry_run else _TTL_DELETE_VECTORS
+        return head + items + "," + vector_part + _TTL_HEAP_COUNTS + _TTL_HEAP_VECTOR_COUNTS + "\n"
     vector_part = (_TTL_COUNT_VECTORS if dry_run else _TTL_DELETE_VECTORS) if vectors else _TTL_NO_VECTORS
-    tail = _TTL_INDEX_POSITION if walk == "index" else "\n"
-    return head + items + vector_part + _TTL_PER_TENANT + tail
+    return head + items + "," + vector_part + _TTL_PER_TENANT + _TTL_INDEX_POSITION
 
 
 # By walk ("heap", "index"), policy expires anything, dry run, store_vectors present: the batch
