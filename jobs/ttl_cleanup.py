@@ -35,8 +35,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -117,7 +116,7 @@ def ttl_cleanup(
             size = cleanup.fetch(sql.TTL_TABLE_SIZE, {})[0]
             walk = walk or choose_walk(conn, policy, now, int(size["blocks"]))
             statement = sql.TTL_BATCH[(walk, walk == "heap" and policy.expires_anything, dry_run, has_vectors)]
-            with _batch_settings(conn, dry_run=dry_run):
+            with runs.batch_settings(conn, dry_run=dry_run, lock_timeout=LOCK_TIMEOUT):
                 if walk == "heap":
                     cleanup.heap_walk(statement, params, int(size["blocks"]), float(size["rows_per_block"]), batch_size)
                 else:
@@ -141,21 +140,6 @@ def choose_walk(conn: psycopg.Connection, policy: RetentionPolicy, now: datetime
     cap = max(1, blocks // SPARSE_BLOCKS)
     expired = runs.fetch_unprepared(conn, sql.TTL_EXPIRED_UP_TO, {"now": now, "cap": cap})[0]["expired"]
     return "heap" if expired >= cap else "index"
-
-
-@contextmanager
-def _batch_settings(conn: psycopg.Connection, *, dry_run: bool) -> Iterator[None]:
-    """For a real run's batches: asynchronous commits and a short lock timeout, restored after."""
-    if dry_run:
-        yield
-        return
-    saved = runs.fetch_unprepared(conn, sql.TTL_SESSION_CURRENT, {})[0]
-    runs.fetch_unprepared(conn, sql.TTL_SESSION_SET, {"synchronous_commit": "off", "lock_timeout": LOCK_TIMEOUT})
-    try:
-        yield
-    finally:
-        if not conn.closed and not conn.broken:
-            runs.fetch_unprepared(conn, sql.TTL_SESSION_SET, saved)
 
 
 class _Cleanup:

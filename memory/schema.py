@@ -61,3 +61,13 @@ tenant_erasures = Table(
     comment="Ledger of tenant erasures (`memory tenant delete`): who, when, how much.",
 )
 Index("ix_memory_tenant_erasures_tenant", tenant_erasures.c.tenant, tenant_erasures.c.erased_at.desc())
+
+job_watermarks = Table(
+    "memory_job_watermarks",
+    metadata,
+    Column("job", Text, primary_key=True),
+    Column("mark", Text, nullable=False),
+    Column("full_pass_at", DateTime(timezone=True), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    comment="Where each incremental job left off: its high-water mark and its last full pass.",
+)

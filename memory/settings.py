@@ -63,6 +63,7 @@ class MemorySettings(BaseSettings):
 
     checkpoints_delete_threads_idle_days: float = Field(30, ge=0)
     checkpoints_keep_latest: int = Field(20, ge=1)
+    checkpoints_full_pass_days: float = Field(7, ge=0)
 
     schedule_ttl_cleanup: str = "*/15 * * * *"
     schedule_prune_checkpoints: str = "0 3 * * *"

@@ -284,15 +284,6 @@ SELECT pg_relation_size('store') / current_setting('block_size')::int AS blocks,
 """
 TTL_EXPIRED_UP_TO = "SELECT count(*) AS expired FROM (SELECT 1 FROM store s WHERE s.expires_at <= %(now)s LIMIT %(cap)s) AS e"
 
-# For the batches of a real run: commits need not wait for the disk (a crash loses at most the
-# last batches, which the next run deletes again; the run's own record is committed with the
-# session's setting afterwards, which flushes every batch before it), and a row a writer holds
-# makes the batch give up after `lock_timeout`, before any deadlock check could pick the writer.
-TTL_SESSION_CURRENT = "SELECT current_setting('synchronous_commit') AS synchronous_commit, current_setting('lock_timeout') AS lock_timeout"
-TTL_SESSION_SET = """
-SELECT set_config('synchronous_commit', %(synchronous_commit)s, false), set_config('lock_timeout', %(lock_timeout)s, false)
-"""
-
 DATABASE_NOW = "SELECT now() AS now"
 
 STORE_VECTORS_PRESENT = "SELECT to_regclass('store_vectors') IS NOT NULL AS present"
@@ -567,48 +558,76 @@ BENCH_VACUUM_ANALYZE = "VACUUM (ANALYZE)"
 
 # -- checkpoint pruning (jobs/checkpoint_pruning.py) --------------------------------------------
 # Times compare as text: LangGraph writes `ts` as UTC isoformat(), and so does the job's cutoff.
-# Thread tenants are `metadata->>'assistant_id'` ('' when a checkpoint names none).
+# `threads` (NULL: every thread) limits the trim and orphan passes to the threads an incremental
+# run looks at; `tenant` (NULL: every tenant) to one tenant's threads.
 
-# Idle threads: old rows (the ts index) whose thread has no row at or after the cutoff.
-PRUNE_IDLE_THREADS = """
-SELECT c.thread_id, array_agg(DISTINCT coalesce(c.metadata->>'assistant_id', '')) AS tenants
-  FROM checkpoints c
- WHERE (c.checkpoint->>'ts') < %(cutoff)s
-   AND (%(tenant)s::text IS NULL OR c.metadata->>'assistant_id' = %(tenant)s)
-   AND NOT EXISTS (SELECT 1 FROM checkpoints n
-                    WHERE n.thread_id = c.thread_id AND (n.checkpoint->>'ts') >= %(cutoff)s)
- GROUP BY c.thread_id
- ORDER BY c.thread_id
+# Which tenant a thread belongs to: these two fragments are the only place that says so (the
+# `assistant_id` its checkpoints were written with; '' when they name none).
+_PRUNE_ROW_TENANT = "coalesce(c.metadata->>'assistant_id', '')"
+_PRUNE_TENANT_THREADS = "SELECT thread_id FROM checkpoints WHERE metadata->>'assistant_id' = %(tenant)s"
+_PRUNE_IN_TENANT = f"(%(tenant)s::text IS NULL OR c.thread_id IN ({_PRUNE_TENANT_THREADS}))"
+_PRUNE_IN_THREADS = "(%(threads)s::text[] IS NULL OR c.thread_id = ANY(%(threads)s::text[]))"
+
+# Idle threads: threads with old rows (the ts index), then per thread: none at or after the cutoff.
+PRUNE_IDLE_THREADS = f"""
+SELECT o.thread_id, o.tenants
+  FROM (SELECT c.thread_id, array_agg(DISTINCT {_PRUNE_ROW_TENANT}) AS tenants
+          FROM checkpoints c
+         WHERE (c.checkpoint->>'ts') < %(cutoff)s AND {_PRUNE_IN_TENANT}
+         GROUP BY c.thread_id) AS o
+ WHERE NOT EXISTS (SELECT 1 FROM checkpoints n
+                    WHERE n.thread_id = o.thread_id AND (n.checkpoint->>'ts') >= %(cutoff)s)
+ ORDER BY o.thread_id
 """
-# Inside a batch's transaction: which of the batch's threads a run wrote to since they were selected.
-PRUNE_REVIVED_THREADS = """
-SELECT DISTINCT thread_id FROM checkpoints
- WHERE thread_id = ANY(%(threads)s) AND (checkpoint->>'ts') >= %(cutoff)s
+# A batch of idle threads (with their tenants) in one statement: threads a run wrote to since they
+# were selected are left out, the rest go whole from the three tables. One row per tenant:
+# the threads, and the rows per table deleted (or, dry, that would be).
+_PRUNE_IDLE_BATCH = """
+WITH batch AS (
+    SELECT b.thread_id, b.tenant FROM unnest(%(threads)s::text[], %(tenants)s::text[]) AS b(thread_id, tenant)
+     WHERE NOT EXISTS (SELECT 1 FROM checkpoints n
+                        WHERE n.thread_id = b.thread_id AND (n.checkpoint->>'ts') >= %(cutoff)s)
+),"""
+_PRUNE_IDLE_DELETE = """
+writes AS (DELETE FROM checkpoint_writes x USING batch b WHERE x.thread_id = b.thread_id RETURNING x.thread_id),
+blobs AS (DELETE FROM checkpoint_blobs x USING batch b WHERE x.thread_id = b.thread_id RETURNING x.thread_id),
+checkpoints AS (DELETE FROM checkpoints x USING batch b WHERE x.thread_id = b.thread_id RETURNING x.thread_id)"""
+_PRUNE_IDLE_COUNT = """
+writes AS (SELECT x.thread_id FROM checkpoint_writes x JOIN batch b USING (thread_id)),
+blobs AS (SELECT x.thread_id FROM checkpoint_blobs x JOIN batch b USING (thread_id)),
+checkpoints AS (SELECT x.thread_id FROM checkpoints x JOIN batch b USING (thread_id))"""
+_PRUNE_IDLE_REPORT = """
+SELECT b.tenant, array_agg(b.thread_id) AS threads, count(*) AS idle_threads,
+       coalesce(sum(c.n), 0)::bigint AS checkpoints, coalesce(sum(w.n), 0)::bigint AS writes,
+       coalesce(sum(bl.n), 0)::bigint AS blobs
+  FROM batch b
+  LEFT JOIN (SELECT thread_id, count(*) AS n FROM checkpoints GROUP BY 1) AS c USING (thread_id)
+  LEFT JOIN (SELECT thread_id, count(*) AS n FROM writes GROUP BY 1) AS w USING (thread_id)
+  LEFT JOIN (SELECT thread_id, count(*) AS n FROM blobs GROUP BY 1) AS bl USING (thread_id)
+ GROUP BY b.tenant
 """
-# Whole threads, each table: rows per thread deleted (or, dry, that would be).
-_PRUNE_TABLES = {"writes": "checkpoint_writes", "blobs": "checkpoint_blobs", "checkpoints": "checkpoints"}
-"""Report count name -> table; writes and blobs go before the checkpoints they belong to."""
-PRUNE_DELETE_THREADS = {
-    name: f"""
-WITH gone AS (DELETE FROM {table} WHERE thread_id = ANY(%(threads)s) RETURNING thread_id)
-SELECT thread_id, count(*) AS n FROM gone GROUP BY thread_id
+PRUNE_DELETE_IDLE = _PRUNE_IDLE_BATCH + _PRUNE_IDLE_DELETE + _PRUNE_IDLE_REPORT
+PRUNE_COUNT_IDLE = _PRUNE_IDLE_BATCH + _PRUNE_IDLE_COUNT + _PRUNE_IDLE_REPORT
+
+# An incremental run's threads: those with a checkpoint written at or after the mark (the ts index).
+PRUNE_CHANGED_THREADS = f"""
+SELECT DISTINCT c.thread_id FROM checkpoints c WHERE (c.checkpoint->>'ts') >= %(mark)s AND {_PRUNE_IN_TENANT}
 """
-    for name, table in _PRUNE_TABLES.items()
-}
-PRUNE_COUNT_THREADS = {
-    name: f"SELECT thread_id, count(*) AS n FROM {table} WHERE thread_id = ANY(%(threads)s) GROUP BY thread_id"
-    for name, table in _PRUNE_TABLES.items()
-}
+PRUNE_MARK = "SELECT mark, full_pass_at FROM memory_job_watermarks WHERE job = %(job)s"
+PRUNE_SET_MARK = """
+INSERT INTO memory_job_watermarks (job, mark, full_pass_at, updated_at) VALUES (%(job)s, %(mark)s, %(full_pass_at)s, now())
+ON CONFLICT (job) DO UPDATE
+   SET mark = excluded.mark, full_pass_at = coalesce(excluded.full_pass_at, memory_job_watermarks.full_pass_at),
+       updated_at = excluded.updated_at
+"""
 
 # History trimming: threads with a namespace holding more than `keep` checkpoints.
-PRUNE_LONG_THREADS = """
+PRUNE_LONG_THREADS = f"""
 SELECT t.thread_id, t.tenants
-  FROM (SELECT thread_id, checkpoint_ns, count(*) AS n,
-               array_agg(DISTINCT coalesce(metadata->>'assistant_id', '')) AS tenants
-          FROM checkpoints
-         WHERE %(tenant)s::text IS NULL OR thread_id IN (
-               SELECT thread_id FROM checkpoints WHERE metadata->>'assistant_id' = %(tenant)s)
-         GROUP BY thread_id, checkpoint_ns) AS t
+  FROM (SELECT c.thread_id, c.checkpoint_ns, count(*) AS n, array_agg(DISTINCT {_PRUNE_ROW_TENANT}) AS tenants
+          FROM checkpoints c
+         WHERE {_PRUNE_IN_TENANT} AND {_PRUNE_IN_THREADS}
+         GROUP BY c.thread_id, c.checkpoint_ns) AS t
  WHERE t.n > %(keep)s
  ORDER BY t.thread_id
 """
@@ -660,30 +679,30 @@ UPDATE checkpoints SET parent_checkpoint_id = NULL
 # Orphans: writes of a checkpoint that is gone, and blobs no checkpoint references, only where
 # the thread has moved past them (a newer checkpoint / a newer version of the channel): a run
 # saves writes and blobs before their checkpoint commits, and those are not orphans.
-PRUNE_ORPHAN_WRITES = """
+PRUNE_ORPHAN_WRITES = f"""
 WITH newest AS (
-    SELECT thread_id, checkpoint_ns, max(checkpoint_id) AS checkpoint_id,
-           array_agg(DISTINCT coalesce(metadata->>'assistant_id', '')) AS tenants
-      FROM checkpoints
-     WHERE %(tenant)s::text IS NULL OR metadata->>'assistant_id' = %(tenant)s
-     GROUP BY thread_id, checkpoint_ns
+    SELECT c.thread_id, c.checkpoint_ns, max(c.checkpoint_id) AS checkpoint_id,
+           array_agg(DISTINCT {_PRUNE_ROW_TENANT}) AS tenants
+      FROM checkpoints c
+     WHERE {_PRUNE_IN_TENANT} AND {_PRUNE_IN_THREADS}
+     GROUP BY c.thread_id, c.checkpoint_ns
 )
 SELECT w.thread_id, w.checkpoint_ns, w.checkpoint_id, count(*) AS n, min(n.tenants) AS tenants
   FROM checkpoint_writes w
   JOIN newest n ON n.thread_id = w.thread_id AND n.checkpoint_ns = w.checkpoint_ns
  WHERE w.checkpoint_id < n.checkpoint_id
+   AND (%(threads)s::text[] IS NULL OR w.thread_id = ANY(%(threads)s::text[]))
    AND NOT EXISTS (SELECT 1 FROM checkpoints c
                     WHERE c.thread_id = w.thread_id AND c.checkpoint_ns = w.checkpoint_ns
                       AND c.checkpoint_id = w.checkpoint_id)
  GROUP BY w.thread_id, w.checkpoint_ns, w.checkpoint_id
 """
-PRUNE_ORPHAN_BLOBS = """
+PRUNE_ORPHAN_BLOBS = f"""
 WITH refs AS (
-    SELECT c.thread_id, c.checkpoint_ns, v.key AS channel, v.value AS version,
-           coalesce(c.metadata->>'assistant_id', '') AS tenant
+    SELECT c.thread_id, c.checkpoint_ns, v.key AS channel, v.value AS version, {_PRUNE_ROW_TENANT} AS tenant
       FROM checkpoints c
-     CROSS JOIN LATERAL jsonb_each_text(coalesce(c.checkpoint->'channel_versions', '{}'::jsonb)) AS v
-     WHERE %(tenant)s::text IS NULL OR c.metadata->>'assistant_id' = %(tenant)s
+     CROSS JOIN LATERAL jsonb_each_text(coalesce(c.checkpoint->'channel_versions', '{{}}'::jsonb)) AS v
+     WHERE {_PRUNE_IN_TENANT} AND {_PRUNE_IN_THREADS}
 ), newest AS (
     SELECT thread_id, checkpoint_ns, channel, max(version) AS version, array_agg(DISTINCT tenant) AS tenants
       FROM refs GROUP BY thread_id, checkpoint_ns, channel
@@ -692,6 +711,7 @@ SELECT b.thread_id, b.checkpoint_ns, b.channel, b.version, n.tenants
   FROM checkpoint_blobs b
   JOIN newest n ON n.thread_id = b.thread_id AND n.checkpoint_ns = b.checkpoint_ns AND n.channel = b.channel
  WHERE b.version < n.version
+   AND (%(threads)s::text[] IS NULL OR b.thread_id = ANY(%(threads)s::text[]))
    AND NOT EXISTS (SELECT 1 FROM refs r
                     WHERE r.thread_id = b.thread_id AND r.checkpoint_ns = b.checkpoint_ns
                       AND r.channel = b.channel AND r.version = b.version)
@@ -766,4 +786,14 @@ SELECT thread_id FROM checkpoints GROUP BY thread_id HAVING max(checkpoint->>'ts
 BENCH_PRUNE_COUNTS = """
 SELECT (SELECT count(*) FROM checkpoints) AS checkpoints, (SELECT count(DISTINCT thread_id) FROM checkpoints) AS threads,
        (SELECT count(*) FROM checkpoint_blobs) AS blobs, (SELECT count(*) FROM checkpoint_writes) AS writes
+"""
+
+# -- job batches (jobs/runs.py: batch_settings) -------------------------------------------------
+# For the batches of a real run: commits need not wait for the disk (a crash loses at most the
+# last batches, which the next run deletes again; the run's own record is committed with the
+# session's setting afterwards, which flushes every batch before it), and a row a writer holds
+# makes the batch give up after `lock_timeout`, before any deadlock check could pick the writer.
+JOB_BATCH_SETTINGS = "SELECT current_setting('synchronous_commit') AS synchronous_commit, current_setting('lock_timeout') AS lock_timeout"
+JOB_SET_BATCH_SETTINGS = """
+SELECT set_config('synchronous_commit', %(synchronous_commit)s, false), set_config('lock_timeout', %(lock_timeout)s, false)
 """
