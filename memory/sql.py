@@ -575,10 +575,14 @@ SELECT o.thread_id, o.tenants
           FROM checkpoints c
          WHERE (c.checkpoint->>'ts') < %(cutoff)s AND {_PRUNE_IN_TENANT}
          GROUP BY c.thread_id) AS o
- WHERE NOT EXISTS (SELECT 1 FROM checkpoints n
-                    WHERE n.thread_id = o.thread_id AND (n.checkpoint->>'ts') >= %(cutoff)s)
+  LEFT JOIN LATERAL (SELECT 1 AS live FROM checkpoints n
+                      WHERE n.thread_id = o.thread_id AND (n.checkpoint->>'ts') >= %(cutoff)s
+                      LIMIT 1) AS l ON true
+ WHERE l.live IS NULL
  ORDER BY o.thread_id
 """
+# (The LATERAL probe is a per-thread index lookup; written as NOT EXISTS the planner may hash the
+# whole table's newer rows instead, reading every checkpoint.)
 # A batch of idle threads (with their tenants) in one statement: threads a run wrote to since they
 # were selected are left out, the rest go whole from the three tables. One row per tenant:
 # the threads, and the rows per table deleted (or, dry, that would be).
