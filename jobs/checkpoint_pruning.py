@@ -32,9 +32,9 @@ of a crashed delete, threads trimmed with a new `keep_latest`). Pass 1 is always
 walks the ts index, whose old end is what it deletes. Only a successful run of all three passes
 over every tenant moves the mark; a dry run or a one-tenant run leaves it.
 
-Threads of tenants under legal hold are never touched; `tenant` limits every pass to one
-tenant's threads (who owns a thread: `memory.sql._PRUNE_ROW_TENANT`). A dry run computes the
-same and deletes nothing.
+Threads of tenants under legal hold (by their owner in `memory_threads`) and threads nobody owns
+are never touched; `tenant` limits every pass to one tenant's threads (a held one is refused;
+who owns a thread: `memory.sql._PRUNE_OWNED`). A dry run computes the same and deletes nothing.
 
 Batches of a real run commit without waiting for the disk (`runs.batch_settings`); the run's
 record, committed normally at the end, flushes them all before the run shows as succeeded.
@@ -63,6 +63,7 @@ from jobs import runs
 from jobs.report import FAILED, JobReport
 from memory import sql
 from memory.errors import MemoryServiceError
+from memory.retention import refuse_held
 from memory.tenancy import validate_tenant_id
 
 JOB = "prune_checkpoints"
@@ -317,7 +318,7 @@ def prune_checkpoints(
     another run holds the job's lock.
     """
     if tenant is not None:
-        validate_tenant_id(tenant, "tenant")
+        refuse_held(validate_tenant_id(tenant, "tenant"), policy.legal_hold, "prune-checkpoints --tenant")
     unknown = sorted(set(passes) - set(PASSES))
     if unknown:
         raise ValueError(f"unknown pass {', '.join(unknown)}; the passes are {', '.join(PASSES)}")

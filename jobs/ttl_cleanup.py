@@ -45,7 +45,7 @@ from jobs import runs
 from jobs.report import FAILED, JobReport
 from memory import sql
 from memory.errors import MemoryServiceError
-from memory.retention import RetentionPolicy
+from memory.retention import RetentionPolicy, refuse_held
 from memory.tenancy import MEMORY_SUFFIX, validate_tenant_id
 
 JOB = "ttl_cleanup"
@@ -98,7 +98,7 @@ def ttl_cleanup(
     holds the job's lock.
     """
     if tenant is not None:
-        validate_tenant_id(tenant, "tenant")
+        refuse_held(validate_tenant_id(tenant, "tenant"), policy.legal_hold, "ttl-cleanup --tenant")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if walk is not None and walk not in WALKS:

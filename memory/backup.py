@@ -56,6 +56,7 @@ SERVICE_TABLES = (
     "checkpoint_blobs",
     "checkpoint_writes",
     "checkpoint_migrations",
+    "memory_threads",
     "memory_job_runs",
     "memory_tenant_erasures",
     "alembic_version",
@@ -421,7 +422,8 @@ def restore_backup(
             postlude.extend(_render(cur, sql.RESTORE_KEEP_ERASURE, _erasure_params(row)) for row in ledger)
         replayed = _erased_since(ledger, manifest.created)
         for tenant in replayed:
-            postlude.extend(_render(cur, q, p) for q, p in erase_statements(tenant, "store_vectors" in manifest.tables))
+            postlude.extend(_render(cur, q, p) for q, p in erase_statements(
+                tenant, "store_vectors" in manifest.tables, owned="memory_threads" in manifest.tables))
 
     with tempfile.TemporaryDirectory(prefix="memory-restore-") as tmp:
         script = Path(tmp) / "restore.sql"
@@ -517,18 +519,24 @@ def _drop_newer_settings(script: Path) -> None:
     kept.replace(script)
 
 
-def erase_statements(tenant: str, vectors: bool) -> list[tuple[str, dict[str, Any]]]:
-    """A tenant's erasure as (query, params) pairs that need no client-side state (restore replay)."""
+def erase_statements(tenant: str, vectors: bool, *, owned: bool = True) -> list[tuple[str, dict[str, Any]]]:
+    """A tenant's erasure as (query, params) pairs that need no client-side state (restore replay).
+
+    `owned`: the backup holds `memory_threads`, so the tenant's threads are the ones it owns (the
+    foreign keys cascade); an older backup's threads are found by their checkpoints' metadata."""
     from memory.tenants import tenant_params
 
     params = tenant_params(tenant)
     statements = [(sql.TENANT_DELETE_VECTORS, params)] if vectors else []
-    statements += [
-        (sql.TENANT_DELETE_ITEMS, params),
-        (sql.TENANT_ERASE_WRITES, params),
-        (sql.TENANT_ERASE_BLOBS, params),
-        (sql.TENANT_ERASE_CHECKPOINTS, params),
-    ]
+    statements.append((sql.TENANT_DELETE_ITEMS, params))
+    if owned:
+        statements.append((sql.TENANT_ERASE_OWNED_THREADS, params))
+    else:
+        statements += [
+            (sql.TENANT_ERASE_WRITES, params),
+            (sql.TENANT_ERASE_BLOBS, params),
+            (sql.TENANT_ERASE_CHECKPOINTS, params),
+        ]
     return statements
 
 

@@ -27,6 +27,10 @@ backup_app = typer.Typer(help="Backups: pg_dump of the service's tables with a m
 app.add_typer(backup_app, name="backup")
 tenant_app = typer.Typer(help="Tenants: list, stats, export/import bundles, erase.", no_args_is_help=True)
 app.add_typer(tenant_app, name="tenant")
+threads_app = typer.Typer(
+    help="Thread ownership (admin): threads no tenant owns, and giving one an owner.", no_args_is_help=True
+)
+app.add_typer(threads_app, name="threads")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -133,6 +137,12 @@ def db_upgrade(
         line = f"upgraded {where} from {state.before_label()} to {state.label()}"
     else:
         line = f"{where} is at {state.label()}; nothing to upgrade"
+    if state.unattributed_threads:
+        shown = ", ".join(state.unattributed_threads[:20]) + (", ..." if len(state.unattributed_threads) > 20 else "")
+        line += (
+            f"\n{len(state.unattributed_threads)} checkpoint threads could not be attributed to one tenant and are "
+            f"refused to every tenant: {shown}; see `memory threads unowned`, then `memory threads assign THREAD TENANT`"
+        )
     _print_state(state, line, as_json)
 
 
@@ -660,7 +670,10 @@ def tenant_import(
 
     try:
         with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn, _Progress(as_json) as step:
-            report = import_tenant(conn, Path(file), as_tenant=as_tenant, mode=mode, dry_run=dry_run, on_step=step)
+            report = import_tenant(
+                conn, Path(file), as_tenant=as_tenant, mode=mode, dry_run=dry_run,
+                legal_hold=svc.policy.legal_hold, on_step=step,
+            )
     except MemoryServiceError as exc:
         fail(exc)
     if as_json:
@@ -692,7 +705,7 @@ def tenant_delete(
         if not yes:
             raise MemoryServiceError(f"erasing tenant {tenant!r} cannot be undone; pass --yes to confirm")
         with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn, _Progress(as_json) as step:
-            receipt = delete_tenant(conn, tenant, on_step=step)
+            receipt = delete_tenant(conn, tenant, legal_hold=svc.policy.legal_hold, on_step=step)
     except MemoryServiceError as exc:
         fail(exc)
     if as_json:
@@ -703,6 +716,50 @@ def tenant_delete(
         f"erased tenant {receipt['tenant']} at {receipt['erased_at']} (receipt #{receipt['erasure_id']}): {counts}",
         markup=False, highlight=False, soft_wrap=True,
     )
+
+
+@threads_app.command("unowned")
+def threads_unowned(as_json: Annotated[bool, typer.Option("--json", help="Print the threads as JSON.")] = False) -> None:
+    """Threads no tenant owns (left by an upgrade that could not attribute them): refused to every tenant."""
+    from memory import ownership
+    from memory.db import connection
+
+    try:
+        with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn:
+            rows = ownership.unattributed(conn)
+    except MemoryServiceError as exc:
+        fail(exc)
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title="Unattributed threads")
+    for column in ("thread_id", "checkpoints", "tenants named in metadata", "since"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["thread_id"], str(r["checkpoints"]), ", ".join(r["named_tenants"]) or "-", str(r["created_at"])[:19])
+    console.print(table)
+
+
+@threads_app.command("assign")
+def threads_assign(
+    thread_id: Annotated[str, typer.Argument(help="An unattributed thread (see `memory threads unowned`).")],
+    tenant: Annotated[str, typer.Argument(help="The tenant (assistant_id) that owns it from now on.")],
+) -> None:
+    """Give an unattributed thread its owner; a thread a tenant already owns is never moved."""
+    from memory import ownership
+    from memory.db import connection
+    from memory.tenancy import validate_tenant_id
+
+    try:
+        validate_tenant_id(tenant, "tenant")
+        with _ToolErrors(), _open_service() as svc, connection(svc.pool) as conn:
+            if not ownership.assign(conn, thread_id, tenant):
+                raise MemoryServiceError(
+                    f"thread {thread_id!r} is not unattributed (it has an owner, or does not exist); nothing was changed"
+                )
+    except MemoryServiceError as exc:
+        fail(exc)
+    console.print(f"thread {thread_id} now belongs to {tenant}", markup=False, highlight=False)
 
 
 def run() -> None:  # pragma: no cover - console entry for `python -m memory`

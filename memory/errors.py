@@ -32,3 +32,11 @@ class TenantNotResolved(TenantError):
 
 class InvalidTenantId(TenantError, ValueError):
     """The tenant id is not valid."""
+
+
+class ThreadAccessDenied(TenantError):
+    """This thread belongs to another tenant; nothing was read or written."""
+
+
+class LegalHoldError(TenantError):
+    """The tenant is under legal hold; nothing was deleted."""

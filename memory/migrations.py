@@ -13,6 +13,7 @@ install or a checkout finds them next to the `memory` package.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -66,6 +67,8 @@ class SchemaState:
     head: str
     before: str | None = None
     """For `upgrade`/`downgrade`: the revision before the command ran."""
+    unattributed_threads: tuple[str, ...] = ()
+    """For `upgrade`: checkpoint threads no tenant owns (see the thread_ownership revision)."""
 
     @property
     def at_head(self) -> bool:
@@ -88,7 +91,13 @@ class SchemaState:
         return f"{revision} (head)" if revision == self.head else revision
 
     def as_dict(self) -> dict[str, Any]:
-        return {"revision": self.revision, "head": self.head, "at_head": self.at_head, "before": self.before}
+        return {
+            "revision": self.revision,
+            "head": self.head,
+            "at_head": self.at_head,
+            "before": self.before,
+            "unattributed_threads": list(self.unattributed_threads),
+        }
 
 
 # -- where and how to connect -------------------------------------------------------------
@@ -199,7 +208,12 @@ def upgrade(
             if revision == HEAD:
                 with autocommit(conn) as driver:
                     setup_langgraph(driver, index=index, url=url)
-            return _state(conn, schema, before)
+            state = _state(conn, schema, before)
+            unowned: tuple[str, ...] = ()
+            if conn.exec_driver_sql(sql.OWNERSHIP_PRESENT).scalar():
+                unowned = tuple(row[0] for row in conn.exec_driver_sql(sql.OWNERSHIP_UNATTRIBUTED_IDS))
+            conn.commit()
+            return dataclasses.replace(state, unattributed_threads=unowned)
 
 
 def downgrade(url: str, revision: str, *, schema: str = "public", prepare_threshold: int | None = 0) -> SchemaState:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from memory.errors import ConfigError, InvalidTenantId
+from memory.errors import ConfigError, InvalidTenantId, LegalHoldError
 from memory.tenancy import validate_tenant_id
 
 MEMORY_ROUTE = "/memories/"
@@ -189,3 +189,13 @@ class RetentionPolicy:
     def store_ttl_config(self) -> dict[str, Any]:
         """LangGraph `TTLConfig`: expired rows are never returned, and a read never revives one."""
         return {"refresh_on_read": self.refresh_on_read, "omit_expired": True}
+
+
+def refuse_held(tenant: str, legal_hold: Iterable[str], action: str) -> None:
+    """Raise `LegalHoldError` when `tenant` is under legal hold: `action` would delete its data."""
+    if tenant in frozenset(legal_hold):
+        raise LegalHoldError(
+            f"tenant {tenant!r} is under legal hold ([retention] legal_hold): {action} would delete its data; "
+            "lift the hold first (remove the tenant from [retention] legal_hold / MEMORY_RETENTION_LEGAL_HOLD); "
+            "nothing was changed"
+        )

@@ -62,6 +62,16 @@ tenant_erasures = Table(
 )
 Index("ix_memory_tenant_erasures_tenant", tenant_erasures.c.tenant, tenant_erasures.c.erased_at.desc())
 
+threads = Table(
+    "memory_threads",
+    metadata,
+    Column("thread_id", Text, primary_key=True),
+    Column("tenant", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    comment="The owning tenant of each checkpoint thread (NULL: unattributed, admin only).",
+)
+Index("ix_memory_threads_tenant", threads.c.tenant)
+
 job_watermarks = Table(
     "memory_job_watermarks",
     metadata,

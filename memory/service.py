@@ -9,8 +9,6 @@ from typing import Any
 
 from deepagents.backends import CompositeBackend, StateBackend
 from deepagents.backends.protocol import BackendProtocol
-from langgraph.checkpoint.postgres import PostgresSaver
-from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
 from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
 
 from memory import migrations, usage
@@ -18,6 +16,7 @@ from memory.backend import TenantMemoryBackend
 from memory.db import aopen_pool, connection, open_pool
 from memory.embedded import EmbeddedPostgres
 from memory.prompt import with_memory_conventions
+from memory.saver import AsyncTenantPostgresSaver, TenantPostgresSaver
 from memory.settings import MemorySettings
 from memory.tenancy import TenantResolver
 from memory.vectors import index_config
@@ -46,6 +45,11 @@ def _ttl(settings: MemorySettings) -> dict[str, Any]:
     return settings.retention_policy().store_ttl_config()
 
 
+def _held(settings: MemorySettings) -> frozenset[str]:
+    """Tenants under `[retention] legal_hold`: the saver never deletes their threads."""
+    return frozenset(settings.retention_legal_hold)
+
+
 def _index(settings: MemorySettings):
     """The store's vector index config from `[index]`, None when `dims = 0`."""
     return index_config(settings.index_dims, settings.index_embed, settings.index_fields)
@@ -60,7 +64,7 @@ class MemoryService:
         database_url: str,
         pool: Any,
         store: PostgresStore | AsyncPostgresStore,
-        checkpointer: PostgresSaver | AsyncPostgresSaver,
+        checkpointer: TenantPostgresSaver | AsyncTenantPostgresSaver,
     ) -> None:
         self.settings = settings
         self.database_url = database_url
@@ -83,7 +87,8 @@ class MemoryService:
                 settings.database_pool_max_size,
                 prepare_threshold=settings.database_prepare_threshold,
             ) as pool:
-                yield cls(settings, url, pool, PostgresStore(pool, index=_index(settings), ttl=_ttl(settings)), PostgresSaver(pool))
+                store = PostgresStore(pool, index=_index(settings), ttl=_ttl(settings))
+                yield cls(settings, url, pool, store, TenantPostgresSaver(pool, legal_hold=_held(settings)))
         finally:
             if embedded is not None:
                 embedded.stop()
@@ -102,7 +107,8 @@ class MemoryService:
                 prepare_threshold=settings.database_prepare_threshold,
             )
             async with pool:
-                yield cls(settings, url, pool, AsyncPostgresStore(pool, index=_index(settings), ttl=_ttl(settings)), AsyncPostgresSaver(pool))
+                store = AsyncPostgresStore(pool, index=_index(settings), ttl=_ttl(settings))
+                yield cls(settings, url, pool, store, AsyncTenantPostgresSaver(pool, legal_hold=_held(settings)))
         finally:
             if embedded is not None:
                 embedded.stop()

@@ -386,8 +386,10 @@ SELECT %(tenant)s, %(erased_at)s::timestamptz, %(counts)s::jsonb
 # -- tenants (memory/tenants.py) ---------------------------------------------------------------
 # A tenant's store rows: prefix = <tenant> || '.' || ...; %(like)s is the escaped tenant || '.%'.
 _TENANT_ITEMS = r"prefix LIKE %(like)s ESCAPE '\'"
-# A tenant's checkpoint threads: those with any checkpoint whose metadata names it.
-_TENANT_THREADS = "SELECT DISTINCT thread_id FROM checkpoints WHERE metadata->>'assistant_id' = %(tenant)s"
+# A tenant's checkpoint threads: those `memory_threads` says it owns (never a guess from metadata).
+_TENANT_THREADS = "SELECT thread_id FROM memory_threads WHERE tenant = %(tenant)s"
+# Before thread ownership (a restored old backup, before its migration): the metadata was all there was.
+_TENANT_THREADS_BY_METADATA = "SELECT DISTINCT thread_id FROM checkpoints WHERE metadata->>'assistant_id' = %(tenant)s"
 
 TENANT_LIST = """
 WITH items AS (
@@ -395,9 +397,10 @@ WITH items AS (
            sum(octet_length(value::text)) AS bytes, max(updated_at) AS last_write
       FROM store GROUP BY 1
 ), threads AS (
-    SELECT metadata->>'assistant_id' AS tenant, count(DISTINCT thread_id) AS threads, count(*) AS checkpoints,
-           max(checkpoint->>'ts') AS last_checkpoint
-      FROM checkpoints WHERE metadata ? 'assistant_id' GROUP BY 1
+    SELECT t.tenant, count(DISTINCT t.thread_id) AS threads, count(c.thread_id) AS checkpoints,
+           max(c.checkpoint->>'ts') AS last_checkpoint
+      FROM memory_threads t LEFT JOIN checkpoints c ON c.thread_id = t.thread_id
+     WHERE t.tenant IS NOT NULL GROUP BY 1
 )
 SELECT coalesce(i.tenant, t.tenant) AS tenant, coalesce(i.items, 0) AS items, coalesce(i.bytes, 0) AS bytes,
        coalesce(t.threads, 0) AS threads, coalesce(t.checkpoints, 0) AS checkpoints, i.last_write, t.last_checkpoint
@@ -408,10 +411,11 @@ TENANT_ITEM_STATS = f"""
 SELECT count(*) AS items, coalesce(sum(octet_length(value::text)), 0) AS bytes, max(updated_at) AS last_write
   FROM store WHERE {_TENANT_ITEMS}
 """
-TENANT_THREAD_STATS = f"""
-SELECT count(DISTINCT thread_id) AS threads, count(*) AS checkpoints,
-       max(checkpoint->>'ts') AS last_checkpoint
-  FROM checkpoints WHERE thread_id IN ({_TENANT_THREADS})
+TENANT_THREAD_STATS = """
+SELECT count(DISTINCT t.thread_id) AS threads, count(c.thread_id) AS checkpoints,
+       max(c.checkpoint->>'ts') AS last_checkpoint
+  FROM memory_threads t LEFT JOIN checkpoints c ON c.thread_id = t.thread_id
+ WHERE t.tenant = %(tenant)s
 """
 TENANT_VECTORS_PRESENT = "SELECT to_regclass('store_vectors') IS NOT NULL AS present"
 
@@ -445,10 +449,13 @@ TENANT_DELETE_ITEMS = f"DELETE FROM store WHERE {_TENANT_ITEMS}"
 TENANT_DELETE_WRITES = "DELETE FROM checkpoint_writes WHERE thread_id = ANY(%(threads)s)"
 TENANT_DELETE_BLOBS = "DELETE FROM checkpoint_blobs WHERE thread_id = ANY(%(threads)s)"
 TENANT_DELETE_CHECKPOINTS = "DELETE FROM checkpoints WHERE thread_id = ANY(%(threads)s)"
-# The same erasure as one statement per table, for replay inside a restore script.
-TENANT_ERASE_WRITES = f"DELETE FROM checkpoint_writes WHERE thread_id IN ({_TENANT_THREADS})"
-TENANT_ERASE_BLOBS = f"DELETE FROM checkpoint_blobs WHERE thread_id IN ({_TENANT_THREADS})"
-TENANT_ERASE_CHECKPOINTS = f"DELETE FROM checkpoints WHERE thread_id IN ({_TENANT_THREADS})"
+TENANT_DELETE_THREADS = "DELETE FROM memory_threads WHERE thread_id = ANY(%(threads)s)"
+# The same erasure as one statement per table, for replay inside a restore script: by owner (the
+# cascade takes checkpoints, blobs and writes), or by metadata for a backup older than ownership.
+TENANT_ERASE_OWNED_THREADS = f"DELETE FROM memory_threads WHERE tenant = %(tenant)s"
+TENANT_ERASE_WRITES = f"DELETE FROM checkpoint_writes WHERE thread_id IN ({_TENANT_THREADS_BY_METADATA})"
+TENANT_ERASE_BLOBS = f"DELETE FROM checkpoint_blobs WHERE thread_id IN ({_TENANT_THREADS_BY_METADATA})"
+TENANT_ERASE_CHECKPOINTS = f"DELETE FROM checkpoints WHERE thread_id IN ({_TENANT_THREADS_BY_METADATA})"
 TENANT_RECORD_ERASURE = """
 INSERT INTO memory_tenant_erasures (tenant, counts) VALUES (%(tenant)s, %(counts)s)
 RETURNING id, tenant, erased_at, counts
@@ -489,6 +496,15 @@ VALUES (%(thread_id)s, %(checkpoint_ns)s, %(checkpoint_id)s, %(task_id)s, %(idx)
 ON CONFLICT DO NOTHING
 """
 TENANT_ALEMBIC_REVISION = "SELECT version_num FROM alembic_version"
+# Import: the owners of a bundle's (remapped) thread ids here, then claiming the unowned ones.
+TENANT_THREAD_OWNERS = """
+SELECT thread_id, tenant FROM memory_threads WHERE thread_id = ANY(%(threads)s)
+"""
+TENANT_CLAIM_THREADS = """
+INSERT INTO memory_threads (thread_id, tenant)
+SELECT unnest(%(threads)s::text[]), %(tenant)s
+ON CONFLICT (thread_id) DO NOTHING
+"""
 
 # -- benchmark: TTL sweep (bench/entries/sweep.py) ----------------------------------------------
 # `rows` memory files over `tenants` tenants, every other one expired a day ago (the expired half
@@ -561,25 +577,25 @@ BENCH_VACUUM_ANALYZE = "VACUUM (ANALYZE)"
 # `threads` (NULL: every thread) limits the trim and orphan passes to the threads an incremental
 # run looks at; `tenant` (NULL: every tenant) to one tenant's threads.
 
-# Which tenant a thread belongs to: these two fragments are the only place that says so (the
-# `assistant_id` its checkpoints were written with; '' when they name none).
-_PRUNE_ROW_TENANT = "coalesce(c.metadata->>'assistant_id', '')"
-_PRUNE_TENANT_THREADS = "SELECT thread_id FROM checkpoints WHERE metadata->>'assistant_id' = %(tenant)s"
-_PRUNE_IN_TENANT = f"(%(tenant)s::text IS NULL OR c.thread_id IN ({_PRUNE_TENANT_THREADS}))"
+# Which tenant a thread belongs to: these fragments are the only place that says so. A thread's
+# tenant is its owner in `memory_threads`; unattributed threads (no owner) are never touched.
+_PRUNE_OWNED = "JOIN memory_threads o ON o.thread_id = c.thread_id AND o.tenant IS NOT NULL"
+_PRUNE_ROW_TENANT = "o.tenant"
+_PRUNE_IN_TENANT = "(%(tenant)s::text IS NULL OR o.tenant = %(tenant)s)"
 _PRUNE_IN_THREADS = "(%(threads)s::text[] IS NULL OR c.thread_id = ANY(%(threads)s::text[]))"
 
 # Idle threads: threads with old rows (the ts index), then per thread: none at or after the cutoff.
 PRUNE_IDLE_THREADS = f"""
-SELECT o.thread_id, o.tenants
+SELECT old.thread_id, old.tenants
   FROM (SELECT c.thread_id, array_agg(DISTINCT {_PRUNE_ROW_TENANT}) AS tenants
-          FROM checkpoints c
+          FROM checkpoints c {_PRUNE_OWNED}
          WHERE (c.checkpoint->>'ts') < %(cutoff)s AND {_PRUNE_IN_TENANT}
-         GROUP BY c.thread_id) AS o
+         GROUP BY c.thread_id) AS old
   LEFT JOIN LATERAL (SELECT 1 AS live FROM checkpoints n
-                      WHERE n.thread_id = o.thread_id AND (n.checkpoint->>'ts') >= %(cutoff)s
+                      WHERE n.thread_id = old.thread_id AND (n.checkpoint->>'ts') >= %(cutoff)s
                       LIMIT 1) AS l ON true
  WHERE l.live IS NULL
- ORDER BY o.thread_id
+ ORDER BY old.thread_id
 """
 # (The LATERAL probe is a per-thread index lookup; written as NOT EXISTS the planner may hash the
 # whole table's newer rows instead, reading every checkpoint.)
@@ -615,7 +631,7 @@ PRUNE_COUNT_IDLE = _PRUNE_IDLE_BATCH + _PRUNE_IDLE_COUNT + _PRUNE_IDLE_REPORT
 
 # An incremental run's threads: those with a checkpoint written at or after the mark (the ts index).
 PRUNE_CHANGED_THREADS = f"""
-SELECT DISTINCT c.thread_id FROM checkpoints c WHERE (c.checkpoint->>'ts') >= %(mark)s AND {_PRUNE_IN_TENANT}
+SELECT DISTINCT c.thread_id FROM checkpoints c {_PRUNE_OWNED} WHERE (c.checkpoint->>'ts') >= %(mark)s AND {_PRUNE_IN_TENANT}
 """
 PRUNE_MARK = "SELECT mark, full_pass_at FROM memory_job_watermarks WHERE job = %(job)s"
 PRUNE_SET_MARK = """
@@ -629,7 +645,7 @@ ON CONFLICT (job) DO UPDATE
 PRUNE_LONG_THREADS = f"""
 SELECT t.thread_id, t.tenants
   FROM (SELECT c.thread_id, c.checkpoint_ns, count(*) AS n, array_agg(DISTINCT {_PRUNE_ROW_TENANT}) AS tenants
-          FROM checkpoints c
+          FROM checkpoints c {_PRUNE_OWNED}
          WHERE {_PRUNE_IN_TENANT} AND {_PRUNE_IN_THREADS}
          GROUP BY c.thread_id, c.checkpoint_ns) AS t
  WHERE t.n > %(keep)s
@@ -687,7 +703,7 @@ PRUNE_ORPHAN_WRITES = f"""
 WITH newest AS (
     SELECT c.thread_id, c.checkpoint_ns, max(c.checkpoint_id) AS checkpoint_id,
            array_agg(DISTINCT {_PRUNE_ROW_TENANT}) AS tenants
-      FROM checkpoints c
+      FROM checkpoints c {_PRUNE_OWNED}
      WHERE {_PRUNE_IN_TENANT} AND {_PRUNE_IN_THREADS}
      GROUP BY c.thread_id, c.checkpoint_ns
 )
@@ -704,7 +720,7 @@ SELECT w.thread_id, w.checkpoint_ns, w.checkpoint_id, count(*) AS n, min(n.tenan
 PRUNE_ORPHAN_BLOBS = f"""
 WITH refs AS (
     SELECT c.thread_id, c.checkpoint_ns, v.key AS channel, v.value AS version, {_PRUNE_ROW_TENANT} AS tenant
-      FROM checkpoints c
+      FROM checkpoints c {_PRUNE_OWNED}
      CROSS JOIN LATERAL jsonb_each_text(coalesce(c.checkpoint->'channel_versions', '{{}}'::jsonb)) AS v
      WHERE {_PRUNE_IN_TENANT} AND {_PRUNE_IN_THREADS}
 ), newest AS (
@@ -761,6 +777,10 @@ _BENCH_PRUNE_SERIES = """
 """
 BENCH_PRUNE_LOAD = (
     """
+INSERT INTO memory_threads (thread_id, tenant)
+SELECT 'thread-' || lpad(i::text, 7, '0'), 'tenant-' || (i %% 100) FROM generate_series(0, %(threads)s::int - 1) AS i
+""",
+    """
 INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, metadata)
 SELECT k.thread_id, '', k.checkpoint_id,
        CASE WHEN c > 0 THEN lpad((c - 1)::text, 8, '0') || '-0000-6000-8000-000000000000' END,
@@ -780,7 +800,7 @@ SELECT k.thread_id, '', k.checkpoint_id, 'task', 0, 'messages', 'msgpack', decod
 """
     + _BENCH_PRUNE_SERIES,
 )
-BENCH_PRUNE_ANALYZE = "VACUUM (ANALYZE) checkpoints, checkpoint_blobs, checkpoint_writes"
+BENCH_PRUNE_ANALYZE = "VACUUM (ANALYZE) memory_threads, checkpoints, checkpoint_blobs, checkpoint_writes"
 BENCH_CREATE_DATABASE_FROM = "CREATE DATABASE {} TEMPLATE {}"
 # What a user of the plain saver has to select idle threads with: no timestamp column, so the
 # newest `ts` per thread over the whole table.
@@ -791,6 +811,65 @@ BENCH_PRUNE_COUNTS = """
 SELECT (SELECT count(*) FROM checkpoints) AS checkpoints, (SELECT count(DISTINCT thread_id) FROM checkpoints) AS threads,
        (SELECT count(*) FROM checkpoint_blobs) AS blobs, (SELECT count(*) FROM checkpoint_writes) AS writes
 """
+
+# -- thread ownership (memory/ownership.py, the thread_ownership migration) -----------------------
+# `memory_threads` names the owning tenant of each checkpoint thread (NULL: unattributed). The
+# checkpoint tables reference it (ON DELETE CASCADE), so no thread exists without an owner row.
+
+# The migration: a thread every checkpoint of which names one valid tenant goes to it; anything
+# else (no tenant, several, an invalid id, rows only in blobs/writes) stays unattributed.
+OWNERSHIP_BACKFILL = r"""
+INSERT INTO memory_threads (thread_id, tenant)
+SELECT thread_id,
+       CASE WHEN count(DISTINCT tenant) = 1 AND bool_and(tenant IS NOT NULL)
+                 AND min(tenant) ~ '^[A-Za-z0-9_@+:~-]{1,128}$'
+            THEN min(tenant) END
+  FROM (SELECT thread_id, metadata->>'assistant_id' AS tenant FROM checkpoints
+        UNION ALL SELECT thread_id, NULL FROM checkpoint_blobs
+                   WHERE thread_id NOT IN (SELECT thread_id FROM checkpoints)
+        UNION ALL SELECT thread_id, NULL FROM checkpoint_writes
+                   WHERE thread_id NOT IN (SELECT thread_id FROM checkpoints)) AS rows
+ GROUP BY thread_id
+ON CONFLICT (thread_id) DO NOTHING
+"""
+
+# The owner of one thread: no row when the thread is new (nobody wrote to it yet).
+OWNERSHIP_OWNER = "SELECT tenant FROM memory_threads WHERE thread_id = %(thread_id)s"
+
+# Claim a thread for a tenant on its first write; the owner row either way (none: a concurrent
+# claim committed after this statement's snapshot; ask again).
+OWNERSHIP_CLAIM = """
+WITH claimed AS (
+    INSERT INTO memory_threads (thread_id, tenant) VALUES (%(thread_id)s, %(tenant)s)
+    ON CONFLICT (thread_id) DO NOTHING
+    RETURNING tenant
+)
+SELECT tenant FROM claimed
+UNION ALL
+SELECT tenant FROM memory_threads WHERE thread_id = %(thread_id)s AND NOT EXISTS (SELECT 1 FROM claimed)
+"""
+
+# `list()` without a thread, and every list: only the tenant's threads (appended to the saver's WHERE).
+OWNERSHIP_LIST_SCOPE = "thread_id IN (SELECT thread_id FROM memory_threads WHERE tenant = %s)"
+
+# Admin: threads nobody owns, and giving one an owner (only an unattributed thread).
+OWNERSHIP_UNATTRIBUTED = """
+SELECT t.thread_id, t.created_at, count(c.checkpoint_id) AS checkpoints,
+       array_remove(array_agg(DISTINCT c.metadata->>'assistant_id'), NULL) AS named_tenants
+  FROM memory_threads t LEFT JOIN checkpoints c ON c.thread_id = t.thread_id
+ WHERE t.tenant IS NULL
+ GROUP BY t.thread_id, t.created_at
+ ORDER BY t.thread_id
+"""
+OWNERSHIP_ASSIGN = """
+UPDATE memory_threads SET tenant = %(tenant)s WHERE thread_id = %(thread_id)s AND tenant IS NULL
+RETURNING thread_id
+"""
+# Deleting a thread is deleting its owner row: the foreign keys cascade to its checkpoints, blobs, writes.
+OWNERSHIP_DELETE_THREAD = "DELETE FROM memory_threads WHERE thread_id = %(thread_id)s"
+# After an upgrade: the ids of threads nobody owns (asked only once the ownership revision ran).
+OWNERSHIP_PRESENT = "SELECT to_regclass('memory_threads') IS NOT NULL AS present"
+OWNERSHIP_UNATTRIBUTED_IDS = "SELECT thread_id FROM memory_threads WHERE tenant IS NULL ORDER BY thread_id"
 
 # -- job batches (jobs/runs.py: batch_settings) -------------------------------------------------
 # For the batches of a real run: commits need not wait for the disk (a crash loses at most the

@@ -11,6 +11,9 @@ from langchain_core.runnables.config import var_child_runnable_config
 
 from memory.errors import InvalidTenantId, TenantNotResolved
 
+CONFIG_KEY_RUNTIME = "__pregel_runtime"
+"""Where LangGraph keeps the run's `Runtime` (and its `context`) in `config["configurable"]`."""
+
 MAX_TENANT_ID_LENGTH = 128
 TENANT_ID_ALPHABET = "letters, digits and - _ @ + : ~"
 _TENANT_ID_RE = re.compile(r"[A-Za-z0-9\-_@+:~]+")
@@ -36,7 +39,13 @@ def tenant_namespace(
 ) -> tuple[str, ...]:
     """The one place a memory namespace is built: `(<tenant>, *<extra scope values>, "memories")`."""
     labels = [validate_tenant_id(tenant_id)]
-    labels += [validate_tenant_id(value, "scope value") for value in extra_scope]
+    for value in extra_scope:
+        if validate_tenant_id(value, "scope value") == suffix:
+            raise InvalidTenantId(
+                f"scope value {value!r} equals the namespace suffix {suffix!r}: its namespace would nest inside "
+                "another scope's; use another value"
+            )
+        labels.append(value)
     return (*labels, suffix)
 
 
@@ -59,6 +68,21 @@ def resolve_scope_value(key: str, config: Mapping[str, Any] | None, context: Any
         f'no {key} for this run: pass config={{"metadata": {{"{key}": ...}}}} '
         f'(or configurable/context); nothing was read or written'
     )
+
+
+def resolve_run_tenant(config: Mapping[str, Any] | None = None, key: str = "assistant_id") -> str:
+    """The tenant of a checkpointer call: its config (metadata, configurable, the runtime context),
+    else the ambient run or `bind_tenant` block; with none, `TenantNotResolved`."""
+    ambient = var_child_runnable_config.get()
+    for candidate in (config, ambient):
+        if not candidate:
+            continue
+        runtime = (candidate.get("configurable") or {}).get(CONFIG_KEY_RUNTIME)
+        try:
+            return resolve_scope_value(key, candidate, getattr(runtime, "context", None))
+        except TenantNotResolved:
+            continue
+    return resolve_scope_value(key, None)
 
 
 class TenantResolver:

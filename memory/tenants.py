@@ -2,12 +2,17 @@
 
 A tenant's memory items are the `store` rows whose prefix is `<tenant>.<...>` (matched with an
 escaped LIKE: `_` is a valid tenant character and a LIKE wildcard); its checkpoint threads are the
-threads with a checkpoint whose `metadata->>'assistant_id'` is the tenant.
+threads `memory_threads` says it owns (see `memory.ownership`), never a guess from metadata.
 
 The bundle is a gzip'd tar: `manifest.json` first, then one JSON-lines file per section
 (items, vectors, checkpoints, checkpoint_blobs, checkpoint_writes). The manifest holds the
-format version, the tenant, the schema revision, and each section's row count and sha256.
-Item prefixes are stored without the tenant label, so `--as` only changes the first label.
+format version, the tenant, the schema revision, each section's row count and sha256, and a
+`binding`: the sha256 of the tenant with every section's digest, so a manifest edited to name
+another tenant is refused. Item prefixes are stored without the tenant label, so `--as` only
+changes the first label.
+
+Import never writes outside its target tenant: without `--as`, a bundle whose checkpoints' metadata
+names another tenant, or whose thread ids another tenant (or nobody) owns here, is refused whole.
 
 Export and import report rows per section through `on_step(step, done, total)` ("export items",
 "import checkpoints", ...); erasing reports the tables done (see `Step`).
@@ -31,6 +36,7 @@ import psycopg
 
 from memory import sql
 from memory.errors import MemoryServiceError
+from memory.retention import refuse_held
 from memory.tenancy import validate_tenant_id
 
 BUNDLE_FORMAT = "memory-tenant-bundle"
@@ -164,6 +170,12 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def bundle_binding(tenant: str, sections: dict[str, Any]) -> str:
+    """The digest binding a bundle to its tenant: sha256 over the tenant and each section's sha256."""
+    parts = [tenant] + [f"{name}:{(sections.get(name) or {}).get('sha256')}" for name in SECTIONS]
+    return hashlib.sha256("\n".join(parts).encode("utf-8")).hexdigest()
+
+
 def _jsonl(rows: list[dict[str, Any]]) -> bytes:
     return b"".join(json.dumps(row, sort_keys=True, ensure_ascii=False).encode("utf-8") + b"\n" for row in rows)
 
@@ -206,6 +218,7 @@ def export_tenant(conn: psycopg.Connection, tenant: str, out: Path, *, on_step: 
             for name in SECTIONS
         },
     }
+    manifest["binding"] = bundle_binding(tenant, manifest["sections"])
     _say(on_step, "write the bundle")
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
@@ -280,8 +293,13 @@ def read_bundle(path: Path) -> Bundle:
             f"(this release reads version {BUNDLE_VERSION}); export it again with this release"
         )
     validate_tenant_id(manifest.get("tenant"), "bundle tenant")
-    sections: dict[str, list[dict[str, Any]]] = {}
     declared = manifest.get("sections") or {}
+    if not isinstance(declared, dict) or manifest.get("binding") != bundle_binding(manifest["tenant"], declared):
+        raise BundleError(
+            f"{path}: the manifest's tenant {manifest['tenant']!r} does not match the bundle's binding: the manifest "
+            "was edited; export the tenant again; nothing was changed"
+        )
+    sections: dict[str, list[dict[str, Any]]] = {}
     for name in SECTIONS:
         data = files.get(f"{name}.jsonl")
         meta = declared.get(name)
@@ -316,7 +334,7 @@ def _erase(
 
     Progress: tables done of the tables to erase (each table is one DELETE statement)."""
     counts = {"items": 0, "vectors": 0, "threads": 0, "checkpoints": 0, "checkpoint_blobs": 0, "checkpoint_writes": 0}
-    total = 5 if vectors else 4
+    total = 6 if vectors else 5
     done: list[str] = []
     _say(on_step, step, 0, total)
 
@@ -329,16 +347,21 @@ def _erase(
         delete("vectors", sql.TENANT_DELETE_VECTORS, params)
     delete("items", sql.TENANT_DELETE_ITEMS, params)
     threads = {"threads": [r["thread_id"] for r in conn.execute(sql.TENANT_THREAD_IDS, params).fetchall()]}
-    counts["threads"] = len(threads["threads"])
     delete("checkpoint_writes", sql.TENANT_DELETE_WRITES, threads)
     delete("checkpoint_blobs", sql.TENANT_DELETE_BLOBS, threads)
     delete("checkpoints", sql.TENANT_DELETE_CHECKPOINTS, threads)
+    delete("threads", sql.TENANT_DELETE_THREADS, threads)
     return counts
 
 
-def delete_tenant(conn: psycopg.Connection, tenant: str, *, on_step: Step = None) -> dict[str, Any]:
-    """Erase a tenant in one transaction and record it in `memory_tenant_erasures`; the receipt."""
+def delete_tenant(
+    conn: psycopg.Connection, tenant: str, *, legal_hold: Iterable[str] = (), on_step: Step = None
+) -> dict[str, Any]:
+    """Erase a tenant in one transaction and record it in `memory_tenant_erasures`; the receipt.
+
+    A tenant in `legal_hold` is refused (`LegalHoldError`) before anything is read or written."""
     params = tenant_params(tenant)
+    refuse_held(params["tenant"], legal_hold, "tenant delete")
     with conn.transaction():
         counts = _erase(conn, params, _vectors_present(conn), on_step, f"erase {params['tenant']} (tables)")
         row = conn.execute(
@@ -375,6 +398,36 @@ class _DryRun(Exception):
     pass
 
 
+def _bundle_thread_ids(bundle: Bundle) -> set[str]:
+    return {row["thread_id"] for name in SECTIONS[2:] for row in bundle.sections[name]}
+
+
+def _refuse_foreign_metadata(bundle: Bundle, path: Path) -> None:
+    """Every checkpoint of a bundle imported as itself names its tenant, or no tenant."""
+    for row in bundle.sections["checkpoints"]:
+        try:
+            named = json.loads(row["metadata"]).get("assistant_id")
+        except (TypeError, ValueError, AttributeError):
+            raise BundleError(f"{path}: a checkpoint of thread {row['thread_id']!r} has metadata that is not a JSON object") from None
+        if named is not None and named != bundle.tenant:
+            raise BundleError(
+                f"{path}: a checkpoint of thread {row['thread_id']!r} names another tenant than the bundle's "
+                f"({bundle.tenant!r}): refused; nothing was written"
+            )
+
+
+def _claim_threads(conn: psycopg.Connection, bundle: Bundle, target: str, thread: Callable[[str], str], path: Path) -> None:
+    """Own every (remapped) thread of the bundle for `target`, refusing threads owned by anyone else."""
+    threads = sorted({thread(old) for old in _bundle_thread_ids(bundle)})
+    for row in conn.execute(sql.TENANT_THREAD_OWNERS, {"threads": threads}).fetchall():
+        if row["tenant"] != target:
+            raise BundleError(
+                f"{path}: thread {row['thread_id']!r} of the bundle belongs to another tenant here: refused; import it "
+                "as a clone with --as NEW_TENANT (new thread ids); nothing was written"
+            )
+    conn.execute(sql.TENANT_CLAIM_THREADS, {"threads": threads, "tenant": target})
+
+
 def import_tenant(
     conn: psycopg.Connection,
     path: Path,
@@ -382,9 +435,13 @@ def import_tenant(
     as_tenant: str | None = None,
     mode: str = "merge",
     dry_run: bool = False,
+    legal_hold: Iterable[str] = (),
     on_step: Step = None,
 ) -> ImportReport:
-    """Import a bundle in one transaction (rolled back for a dry run); other tenants are never touched."""
+    """Import a bundle in one transaction (rolled back for a dry run); other tenants are never touched.
+
+    Without `as_tenant` every checkpoint's metadata must name the bundle's tenant (or none) and each
+    thread id must be unowned here or owned by it; `--mode replace` of a held tenant is refused."""
     if mode not in MODES:
         raise TenantToolError(f"--mode {mode!r}: use one of {', '.join(MODES)}")
     _say(on_step, "verify the bundle")
@@ -399,6 +456,10 @@ def import_tenant(
         )
     params = tenant_params(target)
     clone = target != source
+    if mode == "replace":
+        refuse_held(target, legal_hold, "import --mode replace")
+    if not clone:
+        _refuse_foreign_metadata(bundle, path)
 
     def thread(old: str) -> str:
         return str(uuid.uuid5(CLONE_NAMESPACE, f"{target}/{old}")) if clone else old
@@ -444,6 +505,7 @@ def import_tenant(
                 conn.execute(sql.TENANT_IMPORT_VECTOR, vector)
                 report.vectors += 1
             report.threads = len({r["thread_id"] for r in bundle.sections["checkpoints"]})
+            _claim_threads(conn, bundle, target, thread, path)
             for row in rows("checkpoints"):
                 cp = {**row, "thread_id": thread(row["thread_id"]), "metadata": metadata(row["metadata"], row["thread_id"])}
                 report.checkpoints_inserted += conn.execute(sql.TENANT_IMPORT_CHECKPOINT, cp).rowcount

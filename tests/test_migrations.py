@@ -24,10 +24,11 @@ from langgraph.store.postgres import PostgresStore
 from psycopg.rows import dict_row
 from typer.testing import CliRunner
 
-from memory import MemoryService, MemorySettings, migrations
+from memory import MemoryService, MemorySettings, migrations, sql
 from memory.cli import app
 from memory.db import CONNECTION_KWARGS, describe_url
 from memory.errors import ConfigError, DatabaseUnavailable
+from memory.saver import TenantPostgresSaver
 from memory.scripted import script, tool_call
 from memory.vectors import PgvectorMissing, index_config
 
@@ -39,7 +40,7 @@ LANGGRAPH_TABLES = {
     "checkpoint_writes",
     "checkpoint_migrations",
 }
-OUR_TABLES = {"memory_job_runs", "memory_tenant_erasures"}
+OUR_TABLES = {"memory_job_runs", "memory_tenant_erasures", "memory_threads"}
 CHECKPOINT_INDEXES = {"memory_checkpoints_ts_idx", "memory_checkpoints_assistant_id_idx"}
 
 SNAPSHOT_COLUMNS = """
@@ -90,11 +91,13 @@ def snapshot(url: str, schema: str = "public") -> dict:
 
 
 def put_agent_data(url: str) -> None:
-    """A memory item and a real checkpoint, written by LangGraph's own classes."""
+    """A memory item and a real checkpoint, written by LangGraph's own classes (our tenant-aware
+    saver once the ownership table exists: the foreign keys refuse a thread without an owner)."""
     with psycopg.connect(url, **CONNECTION_KWARGS) as conn:
         PostgresStore(conn).put(("acme", "memories"), "/keep.md", {"content": "keep me", "encoding": "utf-8"})
-        saver = PostgresSaver(conn)
-        config = {"configurable": {"thread_id": "t-keep", "checkpoint_ns": ""}}
+        owned = conn.execute(sql.OWNERSHIP_PRESENT).fetchone()["present"]
+        saver = TenantPostgresSaver(conn) if owned else PostgresSaver(conn)
+        config = {"configurable": {"thread_id": "t-keep", "checkpoint_ns": ""}, "metadata": {"assistant_id": "acme"}}
         checkpoint = {
             "v": 4,
             "id": "1f0a0000-0000-6000-8000-000000000001",
@@ -437,7 +440,7 @@ def test_cli_upgrade_current_downgrade(empty_db):
     assert down.output.strip() == f"downgraded {where} from {head} (head) to <none>"
 
     as_json = runner.invoke(app, ["db", "current", "--json"], env=env)
-    assert as_json.output.strip() == f'{{"revision": null, "head": "{head}", "at_head": false, "before": null}}'
+    assert as_json.output.strip() == f'{{"revision": null, "head": "{head}", "at_head": false, "before": null, "unattributed_threads": []}}'
 
 
 def test_cli_upgrade_on_an_unreachable_url_is_one_line_and_fails():

@@ -110,7 +110,7 @@ def test_export_import_and_delete_report_progress_matching_the_bundle(service, t
             dones = [done for done, _ in progress]
             assert dones == sorted(dones) and dones[0] == 0 and dones[-1] == count
         assert [done for step, done, _ in calls if step == f"{verb} items"] == [0, 3, 6, 8]
-    assert erased == [("erase acme (tables)", done, 4) for done in range(5)]
+    assert erased == [("erase acme (tables)", done, 5) for done in range(6)]
 
 
 def test_delete_with_underscore_does_not_touch_lookalike_tenant(service):
@@ -163,8 +163,8 @@ def test_cloned_thread_loads_with_new_tenant(service, tmp_path):
     clone = str(uuid.uuid5(tenants.CLONE_NAMESPACE, f"acme2/{source}"))
     agent = create_deep_agent(model=script("done"), backend=service.backend(), store=service.store,
                               checkpointer=service.checkpointer)
-    original = agent.get_state({"configurable": {"thread_id": source}})
-    cloned = agent.get_state({"configurable": {"thread_id": clone}})
+    original = agent.get_state({"configurable": {"thread_id": source}, "metadata": {"assistant_id": "acme"}})
+    cloned = agent.get_state({"configurable": {"thread_id": clone}, "metadata": {"assistant_id": "acme2"}})
     assert cloned.metadata["assistant_id"] == "acme2" and original.metadata["assistant_id"] == "acme"
     assert [m.content for m in cloned.values["messages"]] == [m.content for m in original.values["messages"]]
     assert len(cloned.values["messages"]) > 2
@@ -297,7 +297,7 @@ def test_cli_progress_bars_on_a_terminal_and_pure_json_with_json(service, tmp_pa
         assert quiet.exit_code == 0, quiet.output
         assert isinstance(json.loads(quiet.output), dict) and "\x1b" not in quiet.output
     erased = runner.invoke(app, ["tenant", "delete", "acme", "--yes"], env=env)
-    assert "erase acme (tables)" in erased.output and "4/4" in erased.output and "erased tenant acme" in erased.output
+    assert "erase acme (tables)" in erased.output and "5/5" in erased.output and "erased tenant acme" in erased.output
 
 
 def test_round_trip_and_clone_with_vectors(embedded_server, tmp_path):

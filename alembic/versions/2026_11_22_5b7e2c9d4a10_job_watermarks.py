@@ -1,7 +1,7 @@
 """job watermarks: where an incremental job run left off (checkpoint pruning's high-water mark)
 
 Revision ID: 5b7e2c9d4a10
-Revises: 34fbde1743aa
+Revises: 7a3c5e9d1b20
 Create Date: 2026-11-22
 
 One row per job: `mark` is how far the job has looked (for prune_checkpoints: a checkpoint `ts`,
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "5b7e2c9d4a10"
-down_revision: str | Sequence[str] | None = "34fbde1743aa"
+down_revision: str | Sequence[str] | None = "7a3c5e9d1b20"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
