@@ -70,6 +70,7 @@ SERVICE_TABLES = (
     "memory_quota_limits",
     "memory_tenant_usage",
     "memory_api_keys",
+    "memory_job_watermarks",
     "alembic_version",
 )
 """Every table a backup may hold (those present are dumped), in restore-drop order."""
