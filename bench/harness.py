@@ -99,6 +99,23 @@ class Context:
             with psycopg.connect(self.admin_url, autocommit=True) as conn:
                 conn.execute(pgsql.SQL(sql.BENCH_DROP_DATABASE).format(pgsql.Identifier(dbname)))
 
+    @contextmanager
+    def database(self, label: str, template: str | None = None) -> Iterator[str]:
+        """A scratch database's name (a copy of database `template` when given), dropped afterwards."""
+        name = f"bench_{label}_{uuid.uuid4().hex[:8]}"
+        statement = sql.BENCH_CREATE_DATABASE_FROM if template else sql.BENCH_CREATE_DATABASE
+        names = [pgsql.Identifier(name)] + ([pgsql.Identifier(template)] if template else [])
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(pgsql.SQL(statement).format(*names))
+        try:
+            yield name
+        finally:
+            with psycopg.connect(self.admin_url, autocommit=True) as conn:
+                conn.execute(pgsql.SQL(sql.BENCH_DROP_DATABASE).format(pgsql.Identifier(name)))
+
+    def url(self, dbname: str) -> str:
+        return with_dbname(self.admin_url, dbname)
+
     def compare(self, ours: Callable[[], object], baseline: Callable[[], object]) -> tuple[float, float]:
         """Median seconds of each side over `reps` runs, after one warm-up each, alternating sides."""
         ours()

@@ -5,8 +5,9 @@ tables (SQL in `memory.sql`, `PRUNE_*`), recorded in `memory_job_runs` like ever
 
 1. *idle threads*: threads whose newest checkpoint (`checkpoint->>'ts'`) is older than
    `idle_days` are deleted whole (checkpoints, blobs, writes), `thread_batch_size` threads per
-   transaction. They are found along the ts index (old rows with no newer row in their thread)
-   and checked again inside each batch's transaction: a thread a run wrote to since is kept.
+   statement (one set-based statement per batch: its own transaction). They are found along the
+   ts index (threads with old rows, then per thread: no newer row) and checked again by the
+   batch's statement itself: a thread a run wrote to since is kept.
 2. *history trimming*: in each namespace of each longer thread, the latest `keep_latest`
    checkpoints are kept, and with them every ancestor their DeltaChannels are rebuilt from.
    A DeltaChannel (deep agents' `messages` and `files`) stores its value only every so often
@@ -21,8 +22,22 @@ tables (SQL in `memory.sql`, `PRUNE_*`), recorded in `memory_job_runs` like ever
    only where the thread has moved past them (a run saves writes and blobs before their
    checkpoint commits: those are not orphans).
 
+Passes 2 and 3 are incremental: a run looks only at the threads with a checkpoint written since
+the last successful run (its high-water mark, a checkpoint `ts` kept in `memory_job_watermarks`,
+set back by `MARK_MARGIN` to cover writers' clocks and checkpoints committed late), so a run
+with nothing new costs a few index probes at any table size. A full pass over every thread is
+made on the first run, with `full=True` (`memory jobs run prune-checkpoints --full`), and when
+the last one is older than `full_pass_days`: it finds what no new checkpoint points at (orphans
+of a crashed delete, threads trimmed with a new `keep_latest`). Pass 1 is always whole: it
+walks the ts index, whose old end is what it deletes. Only a successful run of all three passes
+over every tenant moves the mark; a dry run or a one-tenant run leaves it.
+
 Threads of tenants under legal hold (by their owner in `memory_threads`) and threads nobody owns
-are never touched; `tenant` limits every pass to one tenant's threads (a held one is refused). A dry run computes the same and deletes nothing.
+are never touched; `tenant` limits every pass to one tenant's threads (a held one is refused;
+who owns a thread: `memory.sql._PRUNE_OWNED`). A dry run computes the same and deletes nothing.
+
+Batches of a real run commit without waiting for the disk (`runs.batch_settings`); the run's
+record, committed normally at the end, flushes them all before the run shows as succeeded.
 
 What trimming leaves: the kept checkpoints load exactly as before (`graph.get_state`), and the
 thread goes on. The ancestors kept only as a delta channel's replay base are still listed by
@@ -52,8 +67,12 @@ from memory.retention import refuse_held
 from memory.tenancy import validate_tenant_id
 
 JOB = "prune_checkpoints"
-DEFAULT_THREAD_BATCH_SIZE = 200
-"""Idle threads deleted per transaction (a deep-agent thread holds tens of rows per turn)."""
+DEFAULT_THREAD_BATCH_SIZE = 1000
+"""Idle threads deleted per statement (a deep-agent thread holds tens of rows per turn)."""
+
+MARK_MARGIN = timedelta(minutes=10)
+"""How far before a run's start its high-water mark is set: the next run looks again at threads
+written in that window (writers' clocks behind the database's, checkpoints committed late)."""
 
 PASSES = ("idle", "trim", "orphans")
 """The three passes, in the order a run makes them."""
@@ -73,12 +92,14 @@ class PruneFailed(MemoryServiceError):
 
 @dataclass(frozen=True)
 class PrunePolicy:
-    """`idle_days` (0: never delete idle threads), `keep_latest` per namespace, held tenants."""
+    """`idle_days` (0: never delete idle threads), `keep_latest` per namespace, held tenants,
+    `full_pass_days` between full passes (0: every run is one)."""
 
     idle_days: float = 30
     keep_latest: int = 20
     legal_hold: frozenset[str] = frozenset()
     thread_batch_size: int = DEFAULT_THREAD_BATCH_SIZE
+    full_pass_days: float = 7
 
     def __post_init__(self) -> None:
         if self.idle_days < 0:
@@ -87,6 +108,8 @@ class PrunePolicy:
             raise ValueError(f"keep_latest must be at least 1, got {self.keep_latest}")
         if self.thread_batch_size < 1:
             raise ValueError(f"thread_batch_size must be at least 1, got {self.thread_batch_size}")
+        if self.full_pass_days < 0:
+            raise ValueError(f"full_pass_days must be >= 0 (0: every run is a full pass), got {self.full_pass_days}")
 
     def held(self, tenants: Iterable[str]) -> bool:
         return any(tenant in self.legal_hold for tenant in tenants)
@@ -206,7 +229,7 @@ def _tenant_of(tenants: Iterable[str]) -> str:
 
 
 COUNTS = ("idle_threads", "trimmed_threads", "checkpoints", "writes", "blobs", "kept_for_replay",
-          "orphan_writes", "orphan_blobs", "held_threads", "skipped_busy", "batches")
+          "orphan_writes", "orphan_blobs", "held_threads", "skipped_busy", "batches", "full_pass", "changed_threads")
 """Every count a report holds, zero when nothing was found (the CLI and /metrics read them)."""
 
 
@@ -221,6 +244,8 @@ class _Run:
     dry_run: bool
     stop: threading.Event | None
     on_batch: Callable[[JobReport], None] | None
+    threads: list[str] | None = None
+    """The threads the trim and orphan passes look at: None for every thread (a full pass)."""
     idle: set[str] = field(default_factory=set)
     """Threads the idle pass took (in a dry run still there: the trim pass leaves them out)."""
     held: set[str] = field(default_factory=set)
@@ -279,6 +304,7 @@ def prune_checkpoints(
     *,
     tenant: str | None = None,
     passes: Collection[str] = PASSES,
+    full: bool = False,
     stop: threading.Event | None = None,
     on_batch: Callable[[JobReport], None] | None = None,
 ) -> JobReport:
@@ -286,9 +312,10 @@ def prune_checkpoints(
 
     `conn` is an autocommit connection (each batch and each thread is its own transaction);
     `tenant` limits the run to one tenant's threads; `passes` picks some of "idle", "trim",
-    "orphans" (default all three, in that order); `stop`, when set, ends the run after the
-    batch in progress, recorded as failed ("interrupted"). Raises `JobBusy` when another run
-    holds the job's lock.
+    "orphans" (default all three, in that order); `full` makes the trim and orphan passes look
+    at every thread, not only those written since the last run; `stop`, when set, ends the run
+    after the batch in progress, recorded as failed ("interrupted"). Raises `JobBusy` when
+    another run holds the job's lock.
     """
     if tenant is not None:
         refuse_held(validate_tenant_id(tenant, "tenant"), policy.legal_hold, "prune-checkpoints --tenant")
@@ -301,17 +328,44 @@ def prune_checkpoints(
                 now = runs.fetch_unprepared(conn, sql.DATABASE_NOW, {})[0]["now"]
             report.counts.update(dict.fromkeys(COUNTS, 0))
             run = _Run(conn, report, policy, tenant, dry_run, stop, on_batch)
-            for name, run_pass in (("idle", _delete_idle_threads), ("trim", _trim_histories), ("orphans", _collect_orphans)):
-                if name not in passes:
-                    continue
-                if run.interrupted():
-                    break
-                run_pass(run, now)
+            mark = _start_mark(run, now, full=full)
+            with runs.batch_settings(conn, dry_run=dry_run):
+                for name, run_pass in (("idle", _delete_idle_threads), ("trim", _trim_histories), ("orphans", _collect_orphans)):
+                    if name not in passes:
+                        continue
+                    if run.interrupted():
+                        break
+                    run_pass(run, now)
+            if not dry_run and tenant is None and set(passes) == set(PASSES) and report.status != FAILED:
+                full_pass_at = now if run.threads is None else None
+                run.fetch(sql.PRUNE_SET_MARK, {"job": JOB, "mark": mark, "full_pass_at": full_pass_at})
             return report
     except psycopg.errors.UndefinedTable as exc:
         raise PruneFailed(f"{JOB} failed: {runs.one_line(exc)}; run `memory db upgrade` to create the tables") from exc
     except psycopg.Error as exc:
         raise PruneFailed(f"{JOB} failed: {runs.one_line(exc)}") from exc
+
+
+def _start_mark(run: _Run, now: datetime, *, full: bool) -> str:
+    """Which threads this run's trim and orphan passes look at (`run.threads`); returns the mark
+    the next run starts from: this run's start less `MARK_MARGIN`, as LangGraph writes `ts`."""
+    mark = _ts(now - MARK_MARGIN)
+    rows = run.fetch(sql.PRUNE_MARK, {"job": JOB})
+    last = rows[0] if rows else None
+    due = last is None or last["full_pass_at"] is None or run.policy.full_pass_days == 0 or (
+        now - last["full_pass_at"] >= timedelta(days=run.policy.full_pass_days)
+    )
+    if full or due:
+        run.report.bump("full_pass")
+        return mark
+    run.threads = [row["thread_id"] for row in run.fetch(sql.PRUNE_CHANGED_THREADS, {"mark": last["mark"], "tenant": run.tenant})]
+    run.report.bump("changed_threads", len(run.threads))
+    return mark
+
+
+def _ts(moment: datetime) -> str:
+    """A time as LangGraph writes a checkpoint's `ts` (UTC isoformat), so the two compare as text."""
+    return moment.astimezone(timezone.utc).isoformat()
 
 
 # 1. idle threads ----------------------------------------------------------------------------
@@ -320,25 +374,24 @@ def prune_checkpoints(
 def _delete_idle_threads(run: _Run, now: datetime) -> None:
     if run.policy.idle_days <= 0:
         return
-    cutoff = (now - timedelta(days=run.policy.idle_days)).astimezone(timezone.utc).isoformat()
-    tenant_of: dict[str, str] = {}
-    for row in run.fetch(sql.PRUNE_IDLE_THREADS, {"cutoff": cutoff, "tenant": run.tenant}):
-        if not run.held_back(row["thread_id"], row["tenants"]):
-            tenant_of[row["thread_id"]] = _tenant_of(row["tenants"])
-    idle = list(tenant_of)
-    statements = sql.PRUNE_COUNT_THREADS if run.dry_run else sql.PRUNE_DELETE_THREADS
+    cutoff = _ts(now - timedelta(days=run.policy.idle_days))
+    idle = [
+        (row["thread_id"], _tenant_of(row["tenants"]))
+        for row in run.fetch(sql.PRUNE_IDLE_THREADS, {"cutoff": cutoff, "tenant": run.tenant})
+        if not run.held_back(row["thread_id"], row["tenants"])
+    ]
+    statement = sql.PRUNE_COUNT_IDLE if run.dry_run else sql.PRUNE_DELETE_IDLE
     for start in range(0, len(idle), run.policy.thread_batch_size):
         if run.interrupted():
             return
         batch = idle[start : start + run.policy.thread_batch_size]
+        params = {"threads": [thread for thread, _ in batch], "tenants": [tenant for _, tenant in batch], "cutoff": cutoff}
         with run.transaction():
-            revived = {row["thread_id"] for row in run.fetch(sql.PRUNE_REVIVED_THREADS, {"threads": batch, "cutoff": cutoff})}
-            batch = [thread for thread in batch if thread not in revived]
-            deleted = {name: run.fetch(statement, {"threads": batch}) for name, statement in statements.items()}
-        for name, rows in deleted.items():
-            run.add_per_thread(name, rows, tenant_of)
-        run.add_per_thread("idle_threads", [{"thread_id": thread} for thread in batch], tenant_of)
-        run.idle.update(batch)
+            rows = run.fetch(statement, params)
+        for row in rows:
+            for name in ("idle_threads", "checkpoints", "writes", "blobs"):
+                run.report.add(row["tenant"], name, row[name])
+            run.idle.update(row["threads"])
         run.report.bump("batches")
         run.progressed()
 
@@ -347,8 +400,11 @@ def _delete_idle_threads(run: _Run, now: datetime) -> None:
 
 
 def _trim_histories(run: _Run, now: datetime) -> None:  # noqa: ARG001 (every pass takes `now`)
+    if run.threads == []:
+        return
     candidates: dict[str, set[str]] = {}
-    for row in run.fetch(sql.PRUNE_LONG_THREADS, {"keep": run.policy.keep_latest, "tenant": run.tenant}):
+    params = {"keep": run.policy.keep_latest, "tenant": run.tenant, "threads": run.threads}
+    for row in run.fetch(sql.PRUNE_LONG_THREADS, params):
         if row["thread_id"] not in run.idle:
             candidates.setdefault(row["thread_id"], set()).update(row["tenants"])
     for thread_id, tenants in candidates.items():
@@ -409,7 +465,9 @@ def _trim_thread(run: _Run, thread_id: str, tenant: str) -> None:
 
 
 def _collect_orphans(run: _Run, now: datetime) -> None:  # noqa: ARG001 (every pass takes `now`)
-    params = {"tenant": run.tenant}
+    if run.threads == []:
+        return
+    params = {"tenant": run.tenant, "threads": run.threads}
     writes = [row for row in run.fetch(sql.PRUNE_ORPHAN_WRITES, params) if not run.policy.held(row["tenants"])]
     blobs = [row for row in run.fetch(sql.PRUNE_ORPHAN_BLOBS, params) if not run.policy.held(row["tenants"])]
     tenant_of = {row["thread_id"]: _tenant_of(row["tenants"]) for row in (*writes, *blobs)}

@@ -156,6 +156,24 @@ def recorded_run(
         finish_run(conn, report, FAILED if report.status == FAILED else SUCCEEDED)
 
 
+@contextmanager
+def batch_settings(conn: psycopg.Connection, *, dry_run: bool, lock_timeout: str = "100ms") -> Iterator[None]:
+    """For a real run's batches: commits that do not wait for the disk, and a short lock timeout
+    (a batch gives up on a row a writer holds before any deadlock check could pick the writer);
+    the session's own settings are restored after, so the run's record commits as usual and
+    flushes every batch before the run shows as finished. A dry run changes nothing."""
+    if dry_run:
+        yield
+        return
+    saved = fetch_unprepared(conn, sql.JOB_BATCH_SETTINGS, {})[0]
+    fetch_unprepared(conn, sql.JOB_SET_BATCH_SETTINGS, {"synchronous_commit": "off", "lock_timeout": lock_timeout})
+    try:
+        yield
+    finally:
+        if not conn.closed and not conn.broken:
+            fetch_unprepared(conn, sql.JOB_SET_BATCH_SETTINGS, saved)
+
+
 def tick_done(conn: psycopg.Connection, job: str, tick: datetime) -> bool:
     """Whether some replica already ran `job` successfully for the scheduled `tick`."""
     return bool(_fetch(conn, sql.JOB_TICK_DONE, {"job": job, "tick": tick})[0]["done"])
@@ -180,6 +198,7 @@ __all__ = [
     "JobBusy",
     "JobInterrupted",
     "abandon_stale_runs",
+    "batch_settings",
     "fetch_unprepared",
     "finish_run",
     "history",

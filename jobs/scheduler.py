@@ -60,6 +60,7 @@ def job_runners(settings: Any, database_url: str | None = None) -> dict[str, Job
         idle_days=settings.checkpoints_delete_threads_idle_days,
         keep_latest=settings.checkpoints_keep_latest,
         legal_hold=policy.legal_hold,
+        full_pass_days=settings.checkpoints_full_pass_days,
     )
     runners: dict[str, JobRunner] = {
         TTL_CLEANUP: partial(

@@ -70,6 +70,7 @@ SERVICE_TABLES = (
     "memory_quota_limits",
     "memory_tenant_usage",
     "memory_api_keys",
+    "memory_job_watermarks",
     "alembic_version",
 )
 """Every table a backup may hold (those present are dumped), in restore-drop order."""
@@ -730,8 +731,8 @@ NEWER_SETTINGS = (b"SET transaction_timeout = 0;",)
 def erase_statements(tenant: str, vectors: bool, *, owned: bool = True) -> list[tuple[str, dict[str, Any]]]:
     """A tenant's erasure as (query, params) pairs that need no client-side state (restore replay).
 
-    `owned`: the backup holds `memory_threads`, so the tenant's threads are the ones it owns (the
-    foreign keys cascade); an older backup's threads are found by their checkpoints' metadata."""
+    `owned`: the backup holds `memory_threads`, so the tenant's threads are the ones it owns; an older
+    backup's threads are found by their checkpoints' metadata."""
     from memory.tenants import tenant_params
 
     params = tenant_params(tenant)

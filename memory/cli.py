@@ -360,19 +360,23 @@ def jobs_run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Delete nothing; report what a real run would delete.")] = False,
     tenant: Annotated[Optional[str], typer.Option("--tenant", help="Only this tenant's memory (prune-checkpoints: its threads, by assistant_id).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the run report as JSON.")] = False,
+    full: Annotated[bool, typer.Option("--full", help="prune-checkpoints: look at every thread, not only those written since the last run.")] = False,
 ) -> None:
     """Run a job now (once, under the same lock as the scheduler) and record it in memory_job_runs.
 
     ttl-cleanup deletes expired memory files (retention section of the config);
     prune-checkpoints deletes idle checkpoint threads, trims each thread's history to keep_latest
     (checkpoints section; what deep agents' DeltaChannels are rebuilt from stays) and removes
-    orphan writes and blobs; backup writes a pg_dump backup (backup section).
+    orphan writes and blobs, looking only at threads written since its last run unless --full
+    (or full_pass_days have passed since the last full pass); backup writes a pg_dump backup (backup section).
     Tenants under legal hold are never touched.
     """
     from jobs.scheduler import job_runners
     from memory.db import connection
 
     name = _job_name(job)
+    if full and name != "prune_checkpoints":
+        fail(ValueError(f"--full applies to prune-checkpoints only, not {job}"))
     progress = None
     try:
         with _open_service() as svc:
@@ -386,6 +390,7 @@ def jobs_run(
                     conn,
                     dry_run=dry_run,
                     tenant=tenant,
+                    **({"full": True} if full else {}),
                     on_batch=(lambda r: progress.update(_progress_line(r))) if show else None,
                 )
     except (MemoryServiceError, ValueError) as exc:

@@ -214,6 +214,7 @@ def upgrade(
             unowned: tuple[str, ...] = ()
             if conn.exec_driver_sql(sql.OWNERSHIP_PRESENT).scalar():
                 conn.exec_driver_sql(sql.OWNERSHIP_CLAIM_FUNCTION)
+                conn.exec_driver_sql(sql.OWNERSHIP_CHECK_FUNCTION)
                 unowned = tuple(row[0] for row in conn.exec_driver_sql(sql.OWNERSHIP_UNATTRIBUTED_IDS))
             conn.commit()
             return dataclasses.replace(state, unattributed_threads=unowned)

@@ -29,12 +29,14 @@ def _denied(thread_id: str, owner: str | None) -> ThreadAccessDenied:
 
 
 def _checked(thread_id: str, tenant: str, rows: list[dict[str, Any]]) -> bool:
-    """True when the tenant owns the thread, False when nobody does yet; else the error."""
-    if not rows:
+    """True when the tenant owns the thread, False when the thread is new; else the error."""
+    row = rows[0]
+    if not row["owned"]:
+        if row["written"]:
+            raise _denied(thread_id, None)  # rows written around the saver: nobody's until assigned
         return False
-    owner = rows[0]["tenant"]
-    if owner != tenant:
-        raise _denied(thread_id, owner)
+    if row["tenant"] != tenant:
+        raise _denied(thread_id, row["tenant"])
     return True
 
 

@@ -6,9 +6,10 @@ or written. A thread is claimed for its tenant on its first write (`memory.owner
 listing, writing, pruning or deleting another tenant's thread raises `ThreadAccessDenied`.
 Everything else (DeltaChannel history, interrupts, subgraphs) is the official saver's own code.
 
-Writes cost no extra round trip: `put`/`put_writes` queue the claim (`memory_claim_thread`, which
-raises when another tenant owns the thread) first in the same pipeline or transaction the official
-code writes in, so the write happens only when the claim holds, atomically with it.
+Ownership costs no extra round trip on the hot path: `put`/`put_writes` queue the claim
+(`memory_claim_thread`) and `get_tuple`/`get_delta_channel_history` the check (`memory_check_thread`)
+in front of the official statements, in the same pipeline (or transaction): both raise SQLSTATE
+MT001 for another tenant's thread, and then the official statements do not run.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from memory.errors import LegalHoldError
 from memory.tenancy import resolve_run_tenant
 
 
-_CLAIM: ContextVar[dict[str, str] | None] = ContextVar("memory_thread_claim", default=None)
-"""The claim the next writing cursor runs first: set by `put`/`put_writes` around the official code."""
+_PENDING: ContextVar[tuple[str, dict[str, str]] | None] = ContextVar("memory_thread_pending", default=None)
+"""The ownership statement (claim for writes, check for reads) and its parameters that the next
+cursor of the official code runs first, in the same pipeline: set around the official method."""
 
 
 def _thread(config: Mapping[str, Any] | None) -> str | None:
@@ -48,9 +50,16 @@ class _TenantScope:
         return resolve_run_tenant(config)
 
     @staticmethod
-    def _claiming(config: RunnableConfig, tenant: str):
-        """Set the claim of `config`'s thread for the writing cursor; the token to reset."""
-        return _CLAIM.set({"thread_id": _thread(config), "tenant": tenant})
+    def _queue(statement: str, config: RunnableConfig, tenant: str):
+        """Queue `statement` (claim or check) of `config`'s thread for the next cursor; the token."""
+        return _PENDING.set((statement, {"thread_id": _thread(config), "tenant": tenant}))
+
+    @staticmethod
+    def _refused(exc: psycopg.Error, config: RunnableConfig) -> None:
+        """Raise a refused claim or check as `ThreadAccessDenied`; any other driver error stays."""
+        denied = ownership.refusal(exc, _thread(config))
+        if denied is not None:
+            raise denied from exc
 
     def _deletable(self, tenant: str) -> str:
         if tenant in self.legal_hold:
@@ -102,30 +111,29 @@ class TenantPostgresSaver(_TenantScope, PostgresSaver):
 
     @contextmanager
     def _cursor(self, *, pipeline: bool = False) -> Iterator[Any]:
-        """The official cursor; a writing one (pipeline) runs the pending claim first, in its batch."""
-        claim = _CLAIM.get() if pipeline else None
-        with super()._cursor(pipeline=pipeline) as cur:
-            if claim is not None:
-                cur.execute(sql.OWNERSHIP_CLAIM_OR_RAISE, claim)
+        """The official cursor; with an ownership statement pending, a pipelined one that runs it
+        first: the official statements run only when it holds, and cost no extra round trip."""
+        pending = _PENDING.get()
+        with super()._cursor(pipeline=pipeline or pending is not None) as cur:
+            if pending is not None:
+                cur.execute(*pending)
             yield cur
 
-    def _write(self, config: RunnableConfig, tenant: str, write):
-        token = self._claiming(config, tenant)
+    def _guarded(self, statement: str, config: RunnableConfig, tenant: str, call):
+        """`call()` (the official method) with `statement` queued in front of its statements."""
+        token = self._queue(statement, config, tenant)
         try:
-            return write()
+            return call()
         except psycopg.Error as exc:
-            denied = ownership.refusal(exc, _thread(config))
-            if denied is None:
-                raise
-            raise denied from exc
+            self._refused(exc, config)
+            raise
         finally:
-            _CLAIM.reset(token)
+            _PENDING.reset(token)
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         tenant = self._tenant(config)
-        if not self._owns(_thread(config), tenant):
-            return None
-        return self._scoped(super().get_tuple(config), tenant)
+        found = self._guarded(sql.OWNERSHIP_CHECK_OR_RAISE, config, tenant, lambda: super(TenantPostgresSaver, self).get_tuple(config))
+        return self._scoped(found, tenant)
 
     def list(
         self,
@@ -146,11 +154,12 @@ class TenantPostgresSaver(_TenantScope, PostgresSaver):
     ) -> RunnableConfig:
         tenant = self._tenant(config)
         stamped = self._stamped(metadata, tenant)
-        return self._write(config, tenant, lambda: super(TenantPostgresSaver, self).put(config, checkpoint, stamped, new_versions))
+        put = lambda: super(TenantPostgresSaver, self).put(config, checkpoint, stamped, new_versions)  # noqa: E731
+        return self._guarded(sql.OWNERSHIP_CLAIM_OR_RAISE, config, tenant, put)
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = "") -> None:
         write = lambda: super(TenantPostgresSaver, self).put_writes(config, writes, task_id, task_path)  # noqa: E731
-        self._write(config, self._tenant(config), write)
+        self._guarded(sql.OWNERSHIP_CLAIM_OR_RAISE, config, self._tenant(config), write)
 
     def delete_thread(self, thread_id: str) -> None:
         """Delete one of the current tenant's threads (checkpoints, blobs, writes and its owner row)."""
@@ -167,8 +176,8 @@ class TenantPostgresSaver(_TenantScope, PostgresSaver):
         super().prune(owned, strategy=strategy)
 
     def get_delta_channel_history(self, *, config: RunnableConfig, channels: Sequence[str]):
-        self._owns(_thread(config), self._tenant(config))
-        return super().get_delta_channel_history(config=config, channels=channels)
+        history = lambda: super(TenantPostgresSaver, self).get_delta_channel_history(config=config, channels=channels)  # noqa: E731
+        return self._guarded(sql.OWNERSHIP_CHECK_OR_RAISE, config, self._tenant(config), history)
 
 
 class AsyncTenantPostgresSaver(_TenantScope, AsyncPostgresSaver):
@@ -185,29 +194,27 @@ class AsyncTenantPostgresSaver(_TenantScope, AsyncPostgresSaver):
     @asynccontextmanager
     async def _cursor(self, *, pipeline: bool = False) -> AsyncIterator[Any]:
         """Async twin of `TenantPostgresSaver._cursor`."""
-        claim = _CLAIM.get() if pipeline else None
-        async with super()._cursor(pipeline=pipeline) as cur:
-            if claim is not None:
-                await cur.execute(sql.OWNERSHIP_CLAIM_OR_RAISE, claim)
+        pending = _PENDING.get()
+        async with super()._cursor(pipeline=pipeline or pending is not None) as cur:
+            if pending is not None:
+                await cur.execute(*pending)
             yield cur
 
-    async def _write(self, config: RunnableConfig, tenant: str, write):
-        token = self._claiming(config, tenant)
+    async def _guarded(self, statement: str, config: RunnableConfig, tenant: str, call):
+        """Async twin of `TenantPostgresSaver._guarded`."""
+        token = self._queue(statement, config, tenant)
         try:
-            return await write()
+            return await call()
         except psycopg.Error as exc:
-            denied = ownership.refusal(exc, _thread(config))
-            if denied is None:
-                raise
-            raise denied from exc
+            self._refused(exc, config)
+            raise
         finally:
-            _CLAIM.reset(token)
+            _PENDING.reset(token)
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         tenant = self._tenant(config)
-        if not await self._owns(_thread(config), tenant):
-            return None
-        return self._scoped(await super().aget_tuple(config), tenant)
+        get = lambda: super(AsyncTenantPostgresSaver, self).aget_tuple(config)  # noqa: E731
+        return self._scoped(await self._guarded(sql.OWNERSHIP_CHECK_OR_RAISE, config, tenant, get), tenant)
 
     async def alist(
         self,
@@ -229,15 +236,14 @@ class AsyncTenantPostgresSaver(_TenantScope, AsyncPostgresSaver):
     ) -> RunnableConfig:
         tenant = self._tenant(config)
         stamped = self._stamped(metadata, tenant)
-        return await self._write(
-            config, tenant, lambda: super(AsyncTenantPostgresSaver, self).aput(config, checkpoint, stamped, new_versions)
-        )
+        put = lambda: super(AsyncTenantPostgresSaver, self).aput(config, checkpoint, stamped, new_versions)  # noqa: E731
+        return await self._guarded(sql.OWNERSHIP_CLAIM_OR_RAISE, config, tenant, put)
 
     async def aput_writes(
         self, config: RunnableConfig, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
     ) -> None:
         write = lambda: super(AsyncTenantPostgresSaver, self).aput_writes(config, writes, task_id, task_path)  # noqa: E731
-        await self._write(config, self._tenant(config), write)
+        await self._guarded(sql.OWNERSHIP_CLAIM_OR_RAISE, config, self._tenant(config), write)
 
     async def adelete_thread(self, thread_id: str) -> None:
         """Async twin of `TenantPostgresSaver.delete_thread`."""
@@ -254,5 +260,5 @@ class AsyncTenantPostgresSaver(_TenantScope, AsyncPostgresSaver):
         await super().aprune(owned, strategy=strategy)
 
     async def aget_delta_channel_history(self, *, config: RunnableConfig, channels: Sequence[str]):
-        await self._owns(_thread(config), self._tenant(config))
-        return await super().aget_delta_channel_history(config=config, channels=channels)
+        history = lambda: super(AsyncTenantPostgresSaver, self).aget_delta_channel_history(config=config, channels=channels)  # noqa: E731
+        return await self._guarded(sql.OWNERSHIP_CHECK_OR_RAISE, config, self._tenant(config), history)

@@ -104,3 +104,13 @@ api_keys = Table(
     Column("revoked_at", DateTime(timezone=True), nullable=True),
     comment="Store API keys (`memory keys`): sha256 of the secret, the tenant it reaches (all with admin).",
 )
+
+job_watermarks = Table(
+    "memory_job_watermarks",
+    metadata,
+    Column("job", Text, primary_key=True),
+    Column("mark", Text, nullable=False),
+    Column("full_pass_at", DateTime(timezone=True), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    comment="Where each incremental job left off: its high-water mark and its last full pass.",
+)

@@ -112,10 +112,11 @@ class MemorySettings(BaseSettings):
     retention_rules: list[RetentionRule] = [RetentionRule(path="/memories/scratch/", ttl_days=7)]
     retention_legal_hold: list[str] = []
     retention_refresh_on_read: bool = True
-    retention_batch_size: int = Field(2000, ge=1, le=100_000)
+    retention_batch_size: int = Field(10_000, ge=1, le=100_000)
 
     checkpoints_delete_threads_idle_days: float = Field(30, ge=0)
     checkpoints_keep_latest: int = Field(20, ge=1)
+    checkpoints_full_pass_days: float = Field(7, ge=0)
 
     schedule_ttl_cleanup: str = "*/15 * * * *"
     schedule_prune_checkpoints: str = "0 3 * * *"

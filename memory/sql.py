@@ -148,142 +148,141 @@ SELECT 1
 """
 
 # -- retention: TTL cleanup (jobs/ttl_cleanup.py) -----------------------------------------
-# Two sweeps, each a loop of batch statements, one transaction per batch of at most `batch_size`
-# rows. `tenant` (NULL: every tenant) narrows to one tenant; tenants in `held` (legal hold) are
-# never touched; the tenant is a namespace's first label. A batch statement takes its rows
-# (FOR UPDATE SKIP LOCKED: a row a writer holds is left for the next run, and a row a writer
-# just renewed no longer matches), deletes their vectors and then them, and returns one row per
-# tenant (items, vectors) plus where the next batch starts (`after_*`) and how many rows it took.
-# The dry-run statements take the same rows without locking or deleting anything.
+# A run walks the store in batches, one statement (so one transaction) per batch, and nothing
+# is locked ahead: each batch is a DELETE whose WHERE is the whole criterion, so a row a writer
+# renewed meanwhile no longer matches (READ COMMITTED re-checks an updated row) and stays.
+# `tenant` (NULL: every tenant) narrows to one tenant; tenants in `held` (legal hold) are never
+# touched; the tenant is a namespace's first label. A batch deletes its items' vectors in the
+# same statement and returns one row: per tenant [items, by_expiry, vectors] (`per_tenant`),
+# plus, for the index walk, how many rows it took and where the next batch starts (`after_*`).
+# A dry run runs the same walk with SELECT in place of DELETE.
+#
+# Two ways to walk, the job picks one per run:
+# - heap: ranges of heap blocks [lo, hi) (a TID range scan reads just those blocks), the
+#   whole table once - the same pages `DELETE ... WHERE expires_at < now()` reads, in slices;
+#   used when many rows go (or when the policy expires anything: only a full pass finds rows
+#   past a policy TTL);
+# - index: along idx_store_expires_at, `batch_size` rows at a time in (expires_at, prefix, key)
+#   order; used when few rows have expired, so a run costs what expired, not the table.
 
 _TTL_SCOPE = """
    AND (%(tenant)s::text IS NULL OR split_part(s.prefix, '.', 1) = %(tenant)s::text)
    AND split_part(s.prefix, '.', 1) <> ALL (%(held)s::text[])"""
 
-# Sweep 1, by expiry: rows of any namespace whose expires_at (set on write from the policy) has
-# passed, walked along idx_store_expires_at from `after_expires_at` (inclusive: the rows taken
-# before are gone). A dry run deletes nothing, so it walks the primary key instead.
-_TTL_EXPIRED_ROWS = f"""
-    SELECT s.ctid AS row_id, s.prefix, s.key, s.expires_at
-      FROM store s
-     WHERE s.expires_at <= %(now)s
-       AND s.expires_at >= %(after_expires_at)s{_TTL_SCOPE}
-     ORDER BY s.expires_at
-     LIMIT %(batch_size)s"""
+# Expired by the row's own expires_at (set on write from the policy, any namespace).
+_TTL_EXPIRED = "s.expires_at <= %(now)s"
 
-_TTL_EXPIRED_ROWS_DRY = f"""
-    SELECT s.ctid AS row_id, s.prefix, s.key, s.expires_at
-      FROM store s
-     WHERE s.expires_at <= %(now)s
-       AND (s.prefix, s.key) > (%(after_prefix)s::text, %(after_key)s::text){_TTL_SCOPE}
-     ORDER BY s.prefix, s.key
-     LIMIT %(batch_size)s"""
+# Past the policy: a row of a memory namespace (ending in `suffix`), whose first matching rule
+# (arrays ordered most specific first, the default last) gives a TTL, last written (or, with
+# refresh on read, last read: expires_at minus ttl_minutes) longer ago than that. This is how a
+# policy change reaches rows written before it, or written with no expiry. A rule of 0 days
+# (NULL seconds) keeps the row: the comparison with NULL is not true.
+_TTL_PAST_POLICY = """(right(s.prefix, char_length(%(suffix)s::text) + 1) = '.' || %(suffix)s::text
+        AND CASE WHEN s.expires_at IS NOT NULL AND s.ttl_minutes IS NOT NULL
+                 THEN s.expires_at - make_interval(mins => s.ttl_minutes)
+                 ELSE s.updated_at END
+            <= %(now)s - make_interval(secs => (
+                SELECT r.ttl_seconds
+                  FROM unnest(%(rule_tenants)s::text[], %(rule_key_prefixes)s::text[], %(rule_ttl_seconds)s::float8[])
+                       WITH ORDINALITY AS r(tenant, key_prefix, ttl_seconds, position)
+                 WHERE (r.tenant IS NULL OR r.tenant = split_part(s.prefix, '.', 1))
+                   AND starts_with(s.key, r.key_prefix)
+                 ORDER BY r.position
+                 LIMIT 1)))"""
 
-# Sweep 2, by policy: rows of memory namespaces (ending in `suffix`) not expired by their own
-# expires_at. The first matching rule (arrays ordered most specific first, the default last)
-# gives the TTL; a row last written (or, with refresh on read, last read: expires_at minus
-# ttl_minutes) longer ago than that goes. This is how a policy change reaches rows written
-# before it, or written with no expiry. Walked in primary-key order from (after_prefix, after_key).
-_TTL_RULES = """
-rules AS (
-    SELECT r.tenant, r.key_prefix, r.ttl_seconds, r.position
-      FROM unnest(%(rule_tenants)s::text[], %(rule_key_prefixes)s::text[], %(rule_ttl_seconds)s::float8[])
-           WITH ORDINALITY AS r(tenant, key_prefix, ttl_seconds, position)
+_TTL_HEAP_RANGE = "s.ctid >= %(lo)s::tid AND s.ctid < %(hi)s::tid"
+
+# The index walk's batch: the next rows along the expires_at index (keyset, so rows a batch
+# left - renewed meanwhile, or of a held tenant - are passed, not taken again).
+_TTL_INDEX_BATCH = f"""
+batch AS (
+    SELECT s.ctid AS row_id, s.expires_at, s.prefix, s.key
+      FROM store s
+     WHERE {_TTL_EXPIRED}
+       AND s.expires_at >= %(after_expires_at)s
+       AND (s.expires_at, s.prefix, s.key) > (%(after_expires_at)s, %(after_prefix)s::text, %(after_key)s::text){_TTL_SCOPE}
+     ORDER BY s.expires_at, s.prefix, s.key
+     LIMIT %(batch_size)s
 ),"""
-
-_TTL_POLICY_ROWS = f"""
-    SELECT s.ctid AS row_id, s.prefix, s.key, s.expires_at
-      FROM store s
-     CROSS JOIN LATERAL (
-            SELECT r.ttl_seconds
-              FROM rules r
-             WHERE (r.tenant IS NULL OR r.tenant = split_part(s.prefix, '.', 1))
-               AND starts_with(s.key, r.key_prefix)
-             ORDER BY r.position
-             LIMIT 1) AS rule
-     WHERE right(s.prefix, char_length(%(suffix)s::text) + 1) = '.' || %(suffix)s::text
-       AND (s.prefix, s.key) > (%(after_prefix)s::text, %(after_key)s::text)
-       AND (s.expires_at IS NULL OR s.expires_at > %(now)s)
-       AND rule.ttl_seconds IS NOT NULL
-       AND CASE WHEN s.expires_at IS NOT NULL AND s.ttl_minutes IS NOT NULL
-                THEN s.expires_at - make_interval(mins => s.ttl_minutes)
-                ELSE s.updated_at END
-           <= %(now)s - make_interval(secs => rule.ttl_seconds){_TTL_SCOPE}
-     ORDER BY s.prefix, s.key
-     LIMIT %(batch_size)s"""
-
-_TTL_LOCK = """
-       FOR UPDATE OF s SKIP LOCKED"""
 
 _TTL_DELETE_VECTORS = """
 vectors AS (
-    DELETE FROM store_vectors v USING batch b
-     WHERE v.prefix = b.prefix AND v.key = b.key
-    RETURNING v.prefix
-),"""
+    DELETE FROM store_vectors v USING items i WHERE v.prefix = i.prefix AND v.key = i.key RETURNING v.prefix
+)"""
 
 _TTL_COUNT_VECTORS = """
 vectors AS (
-    SELECT v.prefix FROM store_vectors v JOIN batch b ON v.prefix = b.prefix AND v.key = b.key
-),"""
+    SELECT v.prefix FROM store_vectors v JOIN items i ON v.prefix = i.prefix AND v.key = i.key
+)"""
 
 _TTL_NO_VECTORS = """
 vectors AS (
     SELECT NULL::text AS prefix WHERE false
-),"""
-
-_TTL_DELETE_ITEMS = """
-items AS (
-    DELETE FROM store s USING batch b WHERE s.ctid = b.row_id RETURNING s.prefix
 )"""
 
-_TTL_COUNT_ITEMS = """
-items AS (
-    SELECT prefix FROM batch
-)"""
+_TTL_PER_TENANT = """
+SELECT (SELECT coalesce(jsonb_object_agg(t.tenant, jsonb_build_array(t.items, t.by_expiry, coalesce(v.vectors, 0))), '{}')
+          FROM (SELECT split_part(prefix, '.', 1) AS tenant, count(*) AS items,
+                       count(*) FILTER (WHERE by_expiry) AS by_expiry
+                  FROM items GROUP BY 1) AS t
+          LEFT JOIN (SELECT split_part(prefix, '.', 1) AS tenant, count(*) AS vectors FROM vectors GROUP BY 1) AS v
+               USING (tenant)) AS per_tenant"""
 
-_TTL_REPORT = """
-SELECT t.tenant, t.items, coalesce(v.vectors, 0) AS vectors,
+_TTL_INDEX_POSITION = """,
        (SELECT count(*) FROM batch) AS taken,
-       (SELECT max(expires_at) FROM batch) AS after_expires_at,
-       (SELECT prefix FROM batch ORDER BY prefix DESC, key DESC LIMIT 1) AS after_prefix,
-       (SELECT key FROM batch ORDER BY prefix DESC, key DESC LIMIT 1) AS after_key
-  FROM (SELECT split_part(prefix, '.', 1) AS tenant, count(*) AS items FROM items GROUP BY 1) AS t
-  LEFT JOIN (SELECT split_part(prefix, '.', 1) AS tenant, count(*) AS vectors FROM vectors GROUP BY 1) AS v
-       USING (tenant)
+       b.expires_at AS after_expires_at, b.prefix AS after_prefix, b.key AS after_key
+  FROM (SELECT NULL) AS one
+  LEFT JOIN (SELECT expires_at, prefix, key FROM batch ORDER BY expires_at DESC, prefix DESC, key DESC LIMIT 1) AS b
+       ON true
 """
 
 
-def _ttl_batch(rows: str, *, rules: bool, dry_run: bool, vectors: bool) -> str:
+_TTL_HEAP_COUNTS = """
+SELECT prefix, count(*) AS items, count(*) FILTER (WHERE by_expiry) AS by_expiry, 0 AS vectors FROM items GROUP BY prefix"""
+
+_TTL_HEAP_VECTOR_COUNTS = """
+ UNION ALL
+SELECT prefix, 0, 0, count(*) FROM vectors GROUP BY prefix"""
+
+
+def _ttl_batch(walk: str, *, policy: bool, dry_run: bool, vectors: bool) -> str:
     """One batch statement from the fragments above (built once, at import)."""
-    if vectors:
-        vector_part = _TTL_COUNT_VECTORS if dry_run else _TTL_DELETE_VECTORS
+    criterion = f"({_TTL_EXPIRED} OR {_TTL_PAST_POLICY})" if policy else _TTL_EXPIRED
+    if walk == "heap":
+        head, where = "WITH", f"{_TTL_HEAP_RANGE}\n       AND {criterion}{_TTL_SCOPE}"
     else:
-        vector_part = _TTL_NO_VECTORS
-    return (
-        "WITH"
-        + (_TTL_RULES if rules else "")
-        + "\nbatch AS ("
-        + rows
-        + ("" if dry_run else _TTL_LOCK)
-        + "\n),"
-        + vector_part
-        + (_TTL_COUNT_ITEMS if dry_run else _TTL_DELETE_ITEMS)
-        + _TTL_REPORT
-    )
+        head, where = "WITH" + _TTL_INDEX_BATCH, f"s.ctid = ANY(ARRAY(SELECT row_id FROM batch))\n       AND {criterion}{_TTL_SCOPE}"
+    returning = f"s.prefix, s.key, coalesce({_TTL_EXPIRED}, false) AS by_expiry"
+    if dry_run:
+        items = f"\nitems AS (\n    SELECT {returning} FROM store s\n     WHERE {where}\n)"
+    else:
+        items = f"\nitems AS (\n    DELETE FROM store s\n     WHERE {where}\n    RETURNING {returning}\n)"
+    if walk == "heap":  # rows of (prefix, items, by_expiry, vectors): a namespace's rows share a tenant
+        if not vectors:
+            return head + items + _TTL_HEAP_COUNTS + "\n"
+        vector_part = _TTL_COUNT_VECTORS if dry_run else _TTL_DELETE_VECTORS
+        return head + items + "," + vector_part + _TTL_HEAP_COUNTS + _TTL_HEAP_VECTOR_COUNTS + "\n"
+    vector_part = (_TTL_COUNT_VECTORS if dry_run else _TTL_DELETE_VECTORS) if vectors else _TTL_NO_VECTORS
+    return head + items + "," + vector_part + _TTL_PER_TENANT + _TTL_INDEX_POSITION
 
 
-# By sweep ("by_expiry", "by_policy"), dry run, store_vectors present: the batch statement.
+# By walk ("heap", "index"), policy expires anything, dry run, store_vectors present: the batch
+# statement. The index walk never applies the policy (that needs the heap walk's full pass).
 TTL_BATCH = {
-    (sweep, dry_run, vectors): _ttl_batch(rows, rules=rules, dry_run=dry_run, vectors=vectors)
-    for sweep, dry_run, rows, rules in (
-        ("by_expiry", False, _TTL_EXPIRED_ROWS, False),
-        ("by_expiry", True, _TTL_EXPIRED_ROWS_DRY, False),
-        ("by_policy", False, _TTL_POLICY_ROWS, True),
-        ("by_policy", True, _TTL_POLICY_ROWS, True),
-    )
+    (walk, policy, dry_run, vectors): _ttl_batch(walk, policy=policy, dry_run=dry_run, vectors=vectors)
+    for walk, policy in (("heap", False), ("heap", True), ("index", False))
+    for dry_run in (False, True)
     for vectors in (False, True)
 }
+
+# What a run needs to pick its walk: the heap's size in blocks now (the heap walk's end) and the
+# rows per block the statistics expect; then how many rows have expired, counted along the
+# index up to `cap` (only whether there are at least that many matters).
+TTL_TABLE_SIZE = """
+SELECT pg_relation_size('store') / current_setting('block_size')::int AS blocks,
+       coalesce((SELECT reltuples / nullif(relpages, 0) FROM pg_class WHERE oid = 'store'::regclass), 0) AS rows_per_block
+"""
+TTL_EXPIRED_UP_TO = "SELECT count(*) AS expired FROM (SELECT 1 FROM store s WHERE s.expires_at <= %(now)s LIMIT %(cap)s) AS e"
 
 DATABASE_NOW = "SELECT now() AS now"
 
@@ -443,7 +442,8 @@ SELECT thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel, type, blo
  ORDER BY thread_id, checkpoint_ns, checkpoint_id, task_id, idx
 """
 
-# Erasure, in this order, in one transaction (vectors first: counted, though the FK cascades).
+# Erasure, in this order, in one transaction (vectors first: counted, though the FK cascades; the
+# threads' owner rows last).
 TENANT_THREAD_IDS = _TENANT_THREADS
 TENANT_DELETE_VECTORS = f"DELETE FROM store_vectors WHERE {_TENANT_ITEMS}"
 TENANT_DELETE_ITEMS = f"DELETE FROM store WHERE {_TENANT_ITEMS}"
@@ -451,9 +451,15 @@ TENANT_DELETE_WRITES = "DELETE FROM checkpoint_writes WHERE thread_id = ANY(%(th
 TENANT_DELETE_BLOBS = "DELETE FROM checkpoint_blobs WHERE thread_id = ANY(%(threads)s)"
 TENANT_DELETE_CHECKPOINTS = "DELETE FROM checkpoints WHERE thread_id = ANY(%(threads)s)"
 TENANT_DELETE_THREADS = "DELETE FROM memory_threads WHERE thread_id = ANY(%(threads)s)"
-# The same erasure as one statement per table, for replay inside a restore script: by owner (the
-# cascade takes checkpoints, blobs and writes), or by metadata for a backup older than ownership.
-TENANT_ERASE_OWNED_THREADS = f"DELETE FROM memory_threads WHERE tenant = %(tenant)s"
+# The same erasure, for replay inside a restore script: the owned threads' rows and owner rows in one
+# statement, or by metadata for a backup older than ownership.
+TENANT_ERASE_OWNED_THREADS = """
+WITH owned AS (SELECT thread_id FROM memory_threads WHERE tenant = %(tenant)s),
+     writes AS (DELETE FROM checkpoint_writes WHERE thread_id IN (SELECT thread_id FROM owned)),
+     blobs AS (DELETE FROM checkpoint_blobs WHERE thread_id IN (SELECT thread_id FROM owned)),
+     checkpoints AS (DELETE FROM checkpoints WHERE thread_id IN (SELECT thread_id FROM owned))
+DELETE FROM memory_threads WHERE tenant = %(tenant)s
+"""
 TENANT_ERASE_WRITES = f"DELETE FROM checkpoint_writes WHERE thread_id IN ({_TENANT_THREADS_BY_METADATA})"
 TENANT_ERASE_BLOBS = f"DELETE FROM checkpoint_blobs WHERE thread_id IN ({_TENANT_THREADS_BY_METADATA})"
 TENANT_ERASE_CHECKPOINTS = f"DELETE FROM checkpoints WHERE thread_id IN ({_TENANT_THREADS_BY_METADATA})"
@@ -575,47 +581,80 @@ BENCH_VACUUM_ANALYZE = "VACUUM (ANALYZE)"
 
 # -- checkpoint pruning (jobs/checkpoint_pruning.py) --------------------------------------------
 # Times compare as text: LangGraph writes `ts` as UTC isoformat(), and so does the job's cutoff.
-# A thread's tenant is its owner in `memory_threads`; unattributed threads (no owner) are never touched.
+# `threads` (NULL: every thread) limits the trim and orphan passes to the threads an incremental
+# run looks at; `tenant` (NULL: every tenant) to one tenant's threads.
 
-# Idle threads: old rows (the ts index) whose thread has no row at or after the cutoff.
-PRUNE_IDLE_THREADS = """
-SELECT c.thread_id, array_agg(DISTINCT o.tenant) AS tenants
-  FROM checkpoints c
-  JOIN memory_threads o ON o.thread_id = c.thread_id AND o.tenant IS NOT NULL
- WHERE (c.checkpoint->>'ts') < %(cutoff)s
-   AND (%(tenant)s::text IS NULL OR o.tenant = %(tenant)s)
-   AND NOT EXISTS (SELECT 1 FROM checkpoints n
-                    WHERE n.thread_id = c.thread_id AND (n.checkpoint->>'ts') >= %(cutoff)s)
- GROUP BY c.thread_id
- ORDER BY c.thread_id
+# Which tenant a thread belongs to: these fragments are the only place that says so. A thread's
+# tenant is its owner in `memory_threads`; unattributed threads (no owner) are never touched.
+_PRUNE_OWNED = "JOIN memory_threads o ON o.thread_id = c.thread_id AND o.tenant IS NOT NULL"
+_PRUNE_ROW_TENANT = "o.tenant"
+_PRUNE_IN_TENANT = "(%(tenant)s::text IS NULL OR o.tenant = %(tenant)s)"
+_PRUNE_IN_THREADS = "(%(threads)s::text[] IS NULL OR c.thread_id = ANY(%(threads)s::text[]))"
+
+# Idle threads: threads with old rows (the ts index), then per thread: none at or after the cutoff.
+PRUNE_IDLE_THREADS = f"""
+SELECT old.thread_id, old.tenants
+  FROM (SELECT c.thread_id, array_agg(DISTINCT {_PRUNE_ROW_TENANT}) AS tenants
+          FROM checkpoints c {_PRUNE_OWNED}
+         WHERE (c.checkpoint->>'ts') < %(cutoff)s AND {_PRUNE_IN_TENANT}
+         GROUP BY c.thread_id) AS old
+  LEFT JOIN LATERAL (SELECT 1 AS live FROM checkpoints n
+                      WHERE n.thread_id = old.thread_id AND (n.checkpoint->>'ts') >= %(cutoff)s
+                      LIMIT 1) AS l ON true
+ WHERE l.live IS NULL
+ ORDER BY old.thread_id
 """
-# Inside a batch's transaction: which of the batch's threads a run wrote to since they were selected.
-PRUNE_REVIVED_THREADS = """
-SELECT DISTINCT thread_id FROM checkpoints
- WHERE thread_id = ANY(%(threads)s) AND (checkpoint->>'ts') >= %(cutoff)s
+# (The LATERAL probe is a per-thread index lookup; written as NOT EXISTS the planner may hash the
+# whole table's newer rows instead, reading every checkpoint.)
+# A batch of idle threads (with their tenants) in one statement: threads a run wrote to since they
+# were selected are left out, the rest go whole from the three tables, with their owner rows. One row per tenant:
+# the threads, and the rows per table deleted (or, dry, that would be).
+_PRUNE_IDLE_BATCH = """
+WITH batch AS (
+    SELECT b.thread_id, b.tenant FROM unnest(%(threads)s::text[], %(tenants)s::text[]) AS b(thread_id, tenant)
+     WHERE NOT EXISTS (SELECT 1 FROM checkpoints n
+                        WHERE n.thread_id = b.thread_id AND (n.checkpoint->>'ts') >= %(cutoff)s)
+),"""
+_PRUNE_IDLE_DELETE = """
+writes AS (DELETE FROM checkpoint_writes x USING batch b WHERE x.thread_id = b.thread_id RETURNING x.thread_id),
+blobs AS (DELETE FROM checkpoint_blobs x USING batch b WHERE x.thread_id = b.thread_id RETURNING x.thread_id),
+checkpoints AS (DELETE FROM checkpoints x USING batch b WHERE x.thread_id = b.thread_id RETURNING x.thread_id),
+owners AS (DELETE FROM memory_threads x USING batch b WHERE x.thread_id = b.thread_id)"""
+_PRUNE_IDLE_COUNT = """
+writes AS (SELECT x.thread_id FROM checkpoint_writes x JOIN batch b USING (thread_id)),
+blobs AS (SELECT x.thread_id FROM checkpoint_blobs x JOIN batch b USING (thread_id)),
+checkpoints AS (SELECT x.thread_id FROM checkpoints x JOIN batch b USING (thread_id))"""
+_PRUNE_IDLE_REPORT = """
+SELECT b.tenant, array_agg(b.thread_id) AS threads, count(*) AS idle_threads,
+       coalesce(sum(c.n), 0)::bigint AS checkpoints, coalesce(sum(w.n), 0)::bigint AS writes,
+       coalesce(sum(bl.n), 0)::bigint AS blobs
+  FROM batch b
+  LEFT JOIN (SELECT thread_id, count(*) AS n FROM checkpoints GROUP BY 1) AS c USING (thread_id)
+  LEFT JOIN (SELECT thread_id, count(*) AS n FROM writes GROUP BY 1) AS w USING (thread_id)
+  LEFT JOIN (SELECT thread_id, count(*) AS n FROM blobs GROUP BY 1) AS bl USING (thread_id)
+ GROUP BY b.tenant
 """
-# Whole threads, each table: rows per thread deleted (or, dry, that would be).
-_PRUNE_TABLES = {"writes": "checkpoint_writes", "blobs": "checkpoint_blobs", "checkpoints": "checkpoints"}
-"""Report count name -> table; writes and blobs go before the checkpoints they belong to."""
-PRUNE_DELETE_THREADS = {
-    name: f"""
-WITH gone AS (DELETE FROM {table} WHERE thread_id = ANY(%(threads)s) RETURNING thread_id)
-SELECT thread_id, count(*) AS n FROM gone GROUP BY thread_id
+PRUNE_DELETE_IDLE = _PRUNE_IDLE_BATCH + _PRUNE_IDLE_DELETE + _PRUNE_IDLE_REPORT
+PRUNE_COUNT_IDLE = _PRUNE_IDLE_BATCH + _PRUNE_IDLE_COUNT + _PRUNE_IDLE_REPORT
+
+# An incremental run's threads: those with a checkpoint written at or after the mark (the ts index).
+PRUNE_CHANGED_THREADS = f"""
+SELECT DISTINCT c.thread_id FROM checkpoints c {_PRUNE_OWNED} WHERE (c.checkpoint->>'ts') >= %(mark)s AND {_PRUNE_IN_TENANT}
 """
-    for name, table in _PRUNE_TABLES.items()
-}
-PRUNE_COUNT_THREADS = {
-    name: f"SELECT thread_id, count(*) AS n FROM {table} WHERE thread_id = ANY(%(threads)s) GROUP BY thread_id"
-    for name, table in _PRUNE_TABLES.items()
-}
+PRUNE_MARK = "SELECT mark, full_pass_at FROM memory_job_watermarks WHERE job = %(job)s"
+PRUNE_SET_MARK = """
+INSERT INTO memory_job_watermarks (job, mark, full_pass_at, updated_at) VALUES (%(job)s, %(mark)s, %(full_pass_at)s, now())
+ON CONFLICT (job) DO UPDATE
+   SET mark = excluded.mark, full_pass_at = coalesce(excluded.full_pass_at, memory_job_watermarks.full_pass_at),
+       updated_at = excluded.updated_at
+"""
 
 # History trimming: threads with a namespace holding more than `keep` checkpoints.
-PRUNE_LONG_THREADS = """
+PRUNE_LONG_THREADS = f"""
 SELECT t.thread_id, t.tenants
-  FROM (SELECT c.thread_id, c.checkpoint_ns, count(*) AS n, array_agg(DISTINCT o.tenant) AS tenants
-          FROM checkpoints c
-          JOIN memory_threads o ON o.thread_id = c.thread_id AND o.tenant IS NOT NULL
-         WHERE %(tenant)s::text IS NULL OR o.tenant = %(tenant)s
+  FROM (SELECT c.thread_id, c.checkpoint_ns, count(*) AS n, array_agg(DISTINCT {_PRUNE_ROW_TENANT}) AS tenants
+          FROM checkpoints c {_PRUNE_OWNED}
+         WHERE {_PRUNE_IN_TENANT} AND {_PRUNE_IN_THREADS}
          GROUP BY c.thread_id, c.checkpoint_ns) AS t
  WHERE t.n > %(keep)s
  ORDER BY t.thread_id
@@ -668,30 +707,30 @@ UPDATE checkpoints SET parent_checkpoint_id = NULL
 # Orphans: writes of a checkpoint that is gone, and blobs no checkpoint references, only where
 # the thread has moved past them (a newer checkpoint / a newer version of the channel): a run
 # saves writes and blobs before their checkpoint commits, and those are not orphans.
-PRUNE_ORPHAN_WRITES = """
+PRUNE_ORPHAN_WRITES = f"""
 WITH newest AS (
-    SELECT c.thread_id, c.checkpoint_ns, max(c.checkpoint_id) AS checkpoint_id, array_agg(DISTINCT o.tenant) AS tenants
-      FROM checkpoints c
-      JOIN memory_threads o ON o.thread_id = c.thread_id AND o.tenant IS NOT NULL
-     WHERE %(tenant)s::text IS NULL OR o.tenant = %(tenant)s
+    SELECT c.thread_id, c.checkpoint_ns, max(c.checkpoint_id) AS checkpoint_id,
+           array_agg(DISTINCT {_PRUNE_ROW_TENANT}) AS tenants
+      FROM checkpoints c {_PRUNE_OWNED}
+     WHERE {_PRUNE_IN_TENANT} AND {_PRUNE_IN_THREADS}
      GROUP BY c.thread_id, c.checkpoint_ns
 )
 SELECT w.thread_id, w.checkpoint_ns, w.checkpoint_id, count(*) AS n, min(n.tenants) AS tenants
   FROM checkpoint_writes w
   JOIN newest n ON n.thread_id = w.thread_id AND n.checkpoint_ns = w.checkpoint_ns
  WHERE w.checkpoint_id < n.checkpoint_id
+   AND (%(threads)s::text[] IS NULL OR w.thread_id = ANY(%(threads)s::text[]))
    AND NOT EXISTS (SELECT 1 FROM checkpoints c
                     WHERE c.thread_id = w.thread_id AND c.checkpoint_ns = w.checkpoint_ns
                       AND c.checkpoint_id = w.checkpoint_id)
  GROUP BY w.thread_id, w.checkpoint_ns, w.checkpoint_id
 """
-PRUNE_ORPHAN_BLOBS = """
+PRUNE_ORPHAN_BLOBS = f"""
 WITH refs AS (
-    SELECT c.thread_id, c.checkpoint_ns, v.key AS channel, v.value AS version, o.tenant
-      FROM checkpoints c
-      JOIN memory_threads o ON o.thread_id = c.thread_id AND o.tenant IS NOT NULL
-     CROSS JOIN LATERAL jsonb_each_text(coalesce(c.checkpoint->'channel_versions', '{}'::jsonb)) AS v
-     WHERE %(tenant)s::text IS NULL OR o.tenant = %(tenant)s
+    SELECT c.thread_id, c.checkpoint_ns, v.key AS channel, v.value AS version, {_PRUNE_ROW_TENANT} AS tenant
+      FROM checkpoints c {_PRUNE_OWNED}
+     CROSS JOIN LATERAL jsonb_each_text(coalesce(c.checkpoint->'channel_versions', '{{}}'::jsonb)) AS v
+     WHERE {_PRUNE_IN_TENANT} AND {_PRUNE_IN_THREADS}
 ), newest AS (
     SELECT thread_id, checkpoint_ns, channel, max(version) AS version, array_agg(DISTINCT tenant) AS tenants
       FROM refs GROUP BY thread_id, checkpoint_ns, channel
@@ -700,6 +739,7 @@ SELECT b.thread_id, b.checkpoint_ns, b.channel, b.version, n.tenants
   FROM checkpoint_blobs b
   JOIN newest n ON n.thread_id = b.thread_id AND n.checkpoint_ns = b.checkpoint_ns AND n.channel = b.channel
  WHERE b.version < n.version
+   AND (%(threads)s::text[] IS NULL OR b.thread_id = ANY(%(threads)s::text[]))
    AND NOT EXISTS (SELECT 1 FROM refs r
                     WHERE r.thread_id = b.thread_id AND r.checkpoint_ns = b.checkpoint_ns
                       AND r.channel = b.channel AND r.version = b.version)
@@ -745,6 +785,10 @@ _BENCH_PRUNE_SERIES = """
 """
 BENCH_PRUNE_LOAD = (
     """
+INSERT INTO memory_threads (thread_id, tenant)
+SELECT 'thread-' || lpad(i::text, 7, '0'), 'tenant-' || (i %% 100) FROM generate_series(0, %(threads)s::int - 1) AS i
+""",
+    """
 INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, checkpoint, metadata)
 SELECT k.thread_id, '', k.checkpoint_id,
        CASE WHEN c > 0 THEN lpad((c - 1)::text, 8, '0') || '-0000-6000-8000-000000000000' END,
@@ -764,7 +808,7 @@ SELECT k.thread_id, '', k.checkpoint_id, 'task', 0, 'messages', 'msgpack', decod
 """
     + _BENCH_PRUNE_SERIES,
 )
-BENCH_PRUNE_ANALYZE = "VACUUM (ANALYZE) checkpoints, checkpoint_blobs, checkpoint_writes"
+BENCH_PRUNE_ANALYZE = "VACUUM (ANALYZE) memory_threads, checkpoints, checkpoint_blobs, checkpoint_writes"
 BENCH_CREATE_DATABASE_FROM = "CREATE DATABASE {} TEMPLATE {}"
 # What a user of the plain saver has to select idle threads with: no timestamp column, so the
 # newest `ts` per thread over the whole table.
@@ -777,8 +821,8 @@ SELECT (SELECT count(*) FROM checkpoints) AS checkpoints, (SELECT count(DISTINCT
 """
 
 # -- thread ownership (memory/ownership.py, the thread_ownership migration) -----------------------
-# `memory_threads` names the owning tenant of each checkpoint thread (NULL: unattributed). The
-# checkpoint tables reference it (ON DELETE CASCADE), so no thread exists without an owner row.
+# `memory_threads` names the owning tenant of each checkpoint thread (NULL: unattributed). Rows of a
+# thread id without an owner row are refused to everyone (the functions below) until assigned.
 
 # The migration: a thread every checkpoint of which names one valid tenant goes to it; anything
 # else (no tenant, several, an invalid id, rows only in blobs/writes) stays unattributed.
@@ -797,36 +841,65 @@ SELECT thread_id,
 ON CONFLICT (thread_id) DO NOTHING
 """
 
-# The owner of one thread: no row when the thread is new (nobody wrote to it yet).
-OWNERSHIP_OWNER = "SELECT tenant FROM memory_threads WHERE thread_id = %(thread_id)s"
+# The owner of one thread (`owned` false: no owner row; with `written`, rows written around the saver).
+OWNERSHIP_OWNER = """
+SELECT (SELECT tenant FROM memory_threads WHERE thread_id = %(thread_id)s) AS tenant,
+       EXISTS (SELECT 1 FROM memory_threads WHERE thread_id = %(thread_id)s) AS owned,
+       EXISTS (SELECT 1 FROM checkpoints WHERE thread_id = %(thread_id)s) AS written
+"""
 
 # `list()` without a thread, and every list: only the tenant's threads (appended to the saver's WHERE).
 OWNERSHIP_LIST_SCOPE = "thread_id IN (SELECT thread_id FROM memory_threads WHERE tenant = %s)"
 
-# Admin: threads nobody owns, and giving one an owner (only an unattributed thread).
+# Admin: threads nobody owns (an owner row without a tenant, or checkpoints written without going
+# through the saver), and giving one an owner (only such a thread).
 OWNERSHIP_UNATTRIBUTED = """
-SELECT t.thread_id, t.created_at, count(c.checkpoint_id) AS checkpoints,
+WITH unowned AS (
+    SELECT thread_id, created_at FROM memory_threads WHERE tenant IS NULL
+    UNION
+    SELECT DISTINCT c.thread_id, NULL::timestamptz FROM checkpoints c
+     WHERE NOT EXISTS (SELECT 1 FROM memory_threads t WHERE t.thread_id = c.thread_id)
+)
+SELECT u.thread_id, u.created_at, count(c.checkpoint_id) AS checkpoints,
        array_remove(array_agg(DISTINCT c.metadata->>'assistant_id'), NULL) AS named_tenants
-  FROM memory_threads t LEFT JOIN checkpoints c ON c.thread_id = t.thread_id
- WHERE t.tenant IS NULL
- GROUP BY t.thread_id, t.created_at
- ORDER BY t.thread_id
+  FROM unowned u LEFT JOIN checkpoints c ON c.thread_id = u.thread_id
+ GROUP BY u.thread_id, u.created_at
+ ORDER BY u.thread_id
 """
 OWNERSHIP_ASSIGN = """
-UPDATE memory_threads SET tenant = %(tenant)s WHERE thread_id = %(thread_id)s AND tenant IS NULL
-RETURNING thread_id
+WITH unowned AS (
+    UPDATE memory_threads SET tenant = %(tenant)s WHERE thread_id = %(thread_id)s AND tenant IS NULL
+    RETURNING thread_id
+), adopted AS (
+    INSERT INTO memory_threads (thread_id, tenant)
+    SELECT %(thread_id)s, %(tenant)s
+     WHERE EXISTS (SELECT 1 FROM checkpoints WHERE thread_id = %(thread_id)s)
+    ON CONFLICT (thread_id) DO NOTHING
+    RETURNING thread_id
+)
+SELECT thread_id FROM unowned UNION ALL SELECT thread_id FROM adopted
 """
-# Deleting a thread is deleting its owner row: the foreign keys cascade to its checkpoints, blobs, writes.
-OWNERSHIP_DELETE_THREAD = "DELETE FROM memory_threads WHERE thread_id = %(thread_id)s"
+# Deleting one thread: its rows in the three tables and its owner row, in one statement.
+OWNERSHIP_DELETE_THREAD = """
+WITH writes AS (DELETE FROM checkpoint_writes WHERE thread_id = %(thread_id)s),
+     blobs AS (DELETE FROM checkpoint_blobs WHERE thread_id = %(thread_id)s),
+     checkpoints AS (DELETE FROM checkpoints WHERE thread_id = %(thread_id)s)
+DELETE FROM memory_threads WHERE thread_id = %(thread_id)s
+"""
 # After an upgrade: the ids of threads nobody owns (asked only once the ownership revision ran).
 OWNERSHIP_PRESENT = "SELECT to_regclass('memory_threads') IS NOT NULL AS present"
 OWNERSHIP_UNATTRIBUTED_IDS = "SELECT thread_id FROM memory_threads WHERE tenant IS NULL ORDER BY thread_id"
-OWNERSHIP_DROP_CLAIM_FUNCTION = "DROP FUNCTION IF EXISTS memory_claim_thread(text, text)"
+OWNERSHIP_DROP_FUNCTIONS = (
+    "DROP FUNCTION IF EXISTS memory_claim_thread(text, text)",
+    "DROP FUNCTION IF EXISTS memory_check_thread(text, text)",
+)
 
-# -- thread ownership: the claim a saver write queues before its own statements -------------------
+# -- thread ownership: what the saver queues before its own statements ---------------------------
 # Created by the thread_ownership revision and again by every upgrade (CREATE OR REPLACE), so a
-# database restored from a dump of the tables alone has it too. A concurrent claim's row is seen by
-# the function's own later statement (READ COMMITTED: a new snapshot per statement).
+# database restored from a dump of the tables alone has them too. Both raise SQLSTATE MT001 (detail
+# 'owned' or 'unattributed'); a concurrent claim's row is seen by the function's own later statement
+# (READ COMMITTED: a new snapshot per statement). A thread id with rows but no owner row was written
+# around the saver: refused as unattributed, never adopted.
 OWNERSHIP_CLAIM_FUNCTION = """
 CREATE OR REPLACE FUNCTION memory_claim_thread(p_thread_id text, p_tenant text) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -836,6 +909,9 @@ BEGIN
     INSERT INTO memory_threads (thread_id, tenant) VALUES (p_thread_id, p_tenant)
     ON CONFLICT (thread_id) DO NOTHING;
     IF FOUND THEN
+        IF EXISTS (SELECT 1 FROM checkpoints WHERE thread_id = p_thread_id) THEN
+            RAISE EXCEPTION 'thread has rows but no owner' USING ERRCODE = 'MT001', DETAIL = 'unattributed';
+        END IF;
         RETURN;
     END IF;
     SELECT tenant INTO owner FROM memory_threads WHERE thread_id = p_thread_id;
@@ -846,11 +922,27 @@ BEGIN
 END
 $$
 """
+OWNERSHIP_CHECK_FUNCTION = """
+CREATE OR REPLACE FUNCTION memory_check_thread(p_thread_id text, p_tenant text) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    owner text;
+BEGIN
+    SELECT tenant INTO owner FROM memory_threads WHERE thread_id = p_thread_id;
+    IF NOT FOUND THEN
+        IF EXISTS (SELECT 1 FROM checkpoints WHERE thread_id = p_thread_id) THEN
+            RAISE EXCEPTION 'thread has rows but no owner' USING ERRCODE = 'MT001', DETAIL = 'unattributed';
+        END IF;
+    ELSIF owner IS DISTINCT FROM p_tenant THEN
+        RAISE EXCEPTION 'thread belongs to another tenant'
+            USING ERRCODE = 'MT001', DETAIL = CASE WHEN owner IS NULL THEN 'unattributed' ELSE 'owned' END;
+    END IF;
+END
+$$
+"""
+OWNERSHIP_CHECK_OR_RAISE = "SELECT memory_check_thread(%(thread_id)s, %(tenant)s)"
 OWNERSHIP_CLAIM_OR_RAISE = "SELECT memory_claim_thread(%(thread_id)s, %(tenant)s)"
 
-# -- benchmark: the tenant-aware saver (bench/entries/saver.py) ----------------------------------
-# The baseline database as plain LangGraph has it: no ownership foreign key ({table}: a fixed name).
-BENCH_DROP_OWNERSHIP_FK = "ALTER TABLE {table} DROP CONSTRAINT fk_{table}_thread_id_memory_threads"
 
 # -- memory tools: vectors in step, TTL refresh on listing, quotas (issue 13) ----------------------
 
@@ -1153,3 +1245,14 @@ SELECT EXISTS (
 """
 SCRATCH_CREATE = "CREATE DATABASE {name} TEMPLATE template0"
 SCRATCH_DROP = "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+
+
+# -- job batches (jobs/runs.py: batch_settings) -------------------------------------------------
+# For the batches of a real run: commits need not wait for the disk (a crash loses at most the
+# last batches, which the next run deletes again; the run's own record is committed with the
+# session's setting afterwards, which flushes every batch before it), and a row a writer holds
+# makes the batch give up after `lock_timeout`, before any deadlock check could pick the writer.
+JOB_BATCH_SETTINGS = "SELECT current_setting('synchronous_commit') AS synchronous_commit, current_setting('lock_timeout') AS lock_timeout"
+JOB_SET_BATCH_SETTINGS = """
+SELECT set_config('synchronous_commit', %(synchronous_commit)s, false), set_config('lock_timeout', %(lock_timeout)s, false)
+"""

@@ -137,7 +137,7 @@ def _drop_our_tables(url: str) -> None:
     """What a database looked like before the ledger existed: LangGraph's tables only, no alembic."""
     with psycopg.connect(url, autocommit=True) as conn:
         for table in ("memory_threads", "memory_tenant_erasures", "memory_job_runs", "memory_quota_limits",
-                      "memory_tenant_usage", "memory_api_keys", "alembic_version"):
+                      "memory_tenant_usage", "memory_api_keys", "memory_job_watermarks", "alembic_version"):
             conn.execute(f"DROP TABLE {table} CASCADE")
         for statement in sql.QUOTA_DROP:
             conn.execute(statement)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import operator
 import threading
+from datetime import timedelta
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -192,6 +193,9 @@ def test_idle_threads_go_from_all_three_tables_and_live_ones_stay(svc, database_
     assert report.status == "succeeded"
     for thread in ("idle-acme", "idle-globex"):
         assert table_rows(database_url, thread) == dict.fromkeys(TABLES, 0)
+    with connect(database_url) as conn:  # the owner rows go with the threads: the ids are free again
+        owners = {r[0] for r in conn.execute("SELECT thread_id FROM memory_threads")}
+    assert owners == {"live-acme"}
     assert table_rows(database_url, "live-acme") == live_rows
     assert loaded(agent, "live-acme", "acme") == live_before
     assert report.counts["idle_threads"] == 2
@@ -466,3 +470,78 @@ def test_cli_runs_prune_checkpoints(svc, database_url):
     assert bad.returncode == 1 and bad.stderr.startswith("error: tenant 'a.b'") and bad.stderr.count("\n") == 1
     history = _memory("jobs", "history", "--job", "prune-checkpoints", "--json", url=database_url)
     assert [r["dry_run"] for r in json.loads(history.stdout)] == [False, True]
+
+
+# -- incremental runs ---------------------------------------------------------------------------
+
+ORPHAN_WRITE = """
+INSERT INTO checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel, type, blob)
+VALUES (%(thread)s, '', '00000000-0000-0000-0000-000000000000', 't', 0, 'messages', 'msgpack', '\\x80')
+"""
+MARK = "SELECT mark, full_pass_at FROM memory_job_watermarks WHERE job = %(job)s"
+
+
+def mark(url: str):
+    with connect(url) as conn:
+        return conn.execute(MARK, {"job": JOB}).fetchone()
+
+
+def test_a_run_looks_only_at_threads_written_since_the_last_one(svc, database_url):
+    turns(svc, "old-long", "acme", 3)
+    first = prune(database_url, KEEP_ONLY_RECENT)
+    assert first.counts["full_pass"] == 1 and first.counts["trimmed_threads"] == 1
+    first_mark = mark(database_url)
+    assert first_mark is not None and first_mark[1] is not None
+    age_thread(database_url, "old-long", 1)  # written a day before the last run, not since
+    with connect(database_url) as conn:  # something only a full pass finds: an orphan in a thread nobody writes
+        conn.execute(ORPHAN_WRITE, {"thread": "old-long"})
+    turns(svc, "new-long", "globex", 3)
+    rows_before = table_rows(database_url, "old-long")
+
+    second = prune(database_url, KEEP_ONLY_RECENT)
+    assert (second.counts["full_pass"], second.counts["changed_threads"]) == (0, 1)
+    assert second.counts["trimmed_threads"] == 1 and set(second.tenant_counts) == {"globex"}
+    assert table_rows(database_url, "old-long") == rows_before  # not looked at: its orphan stays
+    assert orphans(database_url)[0] == 1
+    assert mark(database_url)[0] > first_mark[0] and mark(database_url)[1] == first_mark[1]
+
+    nothing = prune(database_url, KEEP_ONLY_RECENT)
+    assert nothing.counts["changed_threads"] == 1  # new-long, written within MARK_MARGIN of the last run
+    assert nothing.counts["trimmed_threads"] == 0 and nothing.counts["orphan_writes"] == 0
+
+    full = prune(database_url, KEEP_ONLY_RECENT, full=True)
+    assert full.counts["full_pass"] == 1 and full.counts["orphan_writes"] == 1
+    assert orphans(database_url)[0] == 0
+    assert mark(database_url)[1] > first_mark[1]
+
+
+def test_a_full_pass_comes_round_every_full_pass_days(svc, database_url):
+    turns(svc, "t", "acme", 1)
+    policy = PrunePolicy(idle_days=0, keep_latest=3, full_pass_days=7)
+    assert prune(database_url, policy).counts["full_pass"] == 1
+    assert prune(database_url, policy).counts["full_pass"] == 0
+    with connect(database_url) as conn:
+        now = conn.execute("SELECT now()").fetchone()[0]
+    assert prune(database_url, policy, now=now + timedelta(days=6)).counts["full_pass"] == 0
+    assert prune(database_url, policy, now=now + timedelta(days=8)).counts["full_pass"] == 1
+    assert prune(database_url, PrunePolicy(idle_days=0, keep_latest=3, full_pass_days=0)).counts["full_pass"] == 1
+
+
+def test_dry_one_tenant_and_partial_runs_leave_the_mark(svc, database_url):
+    turns(svc, "t", "acme", 1)
+    prune(database_url, KEEP_ONLY_RECENT, dry_run=True)
+    prune(database_url, KEEP_ONLY_RECENT, tenant="acme")
+    prune(database_url, KEEP_ONLY_RECENT, passes=("idle", "trim"))
+    assert mark(database_url) is None
+    prune(database_url, KEEP_ONLY_RECENT)
+    assert mark(database_url) is not None
+
+
+def test_cli_full_pass(svc, database_url):
+    turns(svc, "cli", "acme", 1)
+    first = _memory("jobs", "run", "prune-checkpoints", "--json", url=database_url)
+    again = _memory("jobs", "run", "prune-checkpoints", "--json", url=database_url)
+    full = _memory("jobs", "run", "prune-checkpoints", "--full", "--json", url=database_url)
+    assert [json.loads(r.stdout)["counts"]["full_pass"] for r in (first, again, full)] == [1, 0, 1]
+    wrong = _memory("jobs", "run", "ttl-cleanup", "--full", url=database_url)
+    assert wrong.returncode == 1 and wrong.stderr == "error: --full applies to prune-checkpoints only, not ttl-cleanup\n"

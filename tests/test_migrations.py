@@ -92,7 +92,7 @@ def snapshot(url: str, schema: str = "public") -> dict:
 
 def put_agent_data(url: str) -> None:
     """A memory item and a real checkpoint, written by LangGraph's own classes (our tenant-aware
-    saver once the ownership table exists: the foreign keys refuse a thread without an owner)."""
+    saver once the ownership table exists: its thread then has an owner)."""
     with psycopg.connect(url, **CONNECTION_KWARGS) as conn:
         PostgresStore(conn).put(("acme", "memories"), "/keep.md", {"content": "keep me", "encoding": "utf-8"})
         owned = conn.execute(sql.OWNERSHIP_PRESENT).fetchone()["present"]

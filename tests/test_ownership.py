@@ -500,3 +500,31 @@ def test_interrupt_and_resume_through_the_async_saver(url):
             assert done["answer"] == "ship -> ok"
 
     asyncio.run(scenario())
+
+
+def test_rows_written_around_the_saver_belong_to_nobody_until_assigned(svc, url):
+    """A plain PostgresSaver on the same database writes a thread with no owner row: every tenant is
+    refused it (read and write), `memory threads unowned` lists it, `assign` hands it over."""
+    from langgraph.checkpoint.postgres import PostgresSaver
+
+    from deepagents import create_deep_agent
+    from memory.scripted import script
+
+    around = create_deep_agent(model=script(tool_call("write_file", file_path="/p.md", content="plain"), "done"),
+                               checkpointer=PostgresSaver(svc.pool))
+    around.invoke({"messages": [{"role": "user", "content": "go"}]}, config={"configurable": {"thread_id": "around"}})
+    before = counts(url, "thread_id = %s", ("around",))
+    assert before["checkpoints"] > 0
+    agent = deep_agent(svc)
+    for tenant in ("alice", "bob"):
+        with pytest.raises(ThreadAccessDenied, match="has no owner"):
+            agent.get_state({"configurable": {"thread_id": "around"}, "metadata": {"assistant_id": tenant}})
+        with pytest.raises(ThreadAccessDenied, match="has no owner"):
+            run_agent(svc, tenant, tool_call("read_file", file_path="/p.md"), thread_id="around")
+    assert counts(url, "thread_id = %s", ("around",)) == before
+    env = {"MEMORY_DATABASE_URL": url}
+    listed = CliRunner().invoke(app, ["threads", "unowned", "--json"], env=env)
+    assert [r["thread_id"] for r in json.loads(listed.output)] == ["around"]
+    assert CliRunner().invoke(app, ["threads", "assign", "around", "alice"], env=env).exit_code == 0
+    state = agent.get_state({"configurable": {"thread_id": "around"}, "metadata": {"assistant_id": "alice"}})
+    assert "/p.md" in state.values["files"]

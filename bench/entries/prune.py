@@ -1,65 +1,73 @@
-"""Idle-thread pruning: our `prune_checkpoints` against `PostgresSaver.delete_thread` per thread.
+"""Checkpoint pruning: idle threads against `PostgresSaver.delete_thread` per thread, a run with
+nothing new against the first run, and how both grow with the data.
 
 1,000,000 checkpoints in 100,000 threads (10 each, one blob and one write per checkpoint), 30% of
-the threads idle for 60 days, the rest active within the hour (quick mode: 20,000 in 2,000).
-Both sides start from byte-identical copies of one loaded database (CREATE DATABASE ... TEMPLATE)
-and must select and delete the same 30,000 idle threads with their blobs and writes:
+the threads idle for 60 days, the rest active within the hour (quick mode: 20,000 in 2,000). The
+data is loaded once into a template; every side works on its own copy (CREATE DATABASE ... TEMPLATE).
 
-- ours: `prune_checkpoints(passes=("idle",))` with `idle_days = 30`: idle threads found along the
-  `(checkpoint->>'ts')` index, deleted 200 threads per transaction. The whole job (plus history
-  trimming and orphan collection, full-table scans that find nothing more here) is timed too, on a
-  third copy, and saved as `whole_job_s` in the entry's params;
-- baseline: what a user of the plain saver writes: the newest `ts` per thread over the whole
-  table (there is no timestamp column), then `PostgresSaver.delete_thread(thread_id)` for each.
+- `prune_idle_threads_1m`: select and delete the 30,000 idle threads with their blobs and writes.
+  Ours: `prune_checkpoints(passes=("idle",))` with `idle_days = 30`: idle threads found along the
+  `(checkpoint->>'ts')` index, deleted 1,000 threads per statement. Baseline: what a user of the
+  plain saver writes: the newest `ts` per thread over the whole table (there is no timestamp
+  column), then `PostgresSaver.delete_thread(thread_id)` for each. Both must leave the same rows.
+- `prune_noop_1m`: the whole job (idle threads, trimming, orphans) run twice on one copy; the
+  first run is a full pass (no high-water mark yet) and deletes the idle threads, the second finds
+  nothing written since: ours = the second run (median of 5), baseline = the first (target: the
+  second is at most 1/20 of the first, and at most 0.5 s: `second_run_s` in the params).
+- `prune_idle_threads_2x`, `prune_noop_2x`: the same on 2,000,000 checkpoints in 200,000 threads,
+  ours at 2x / ours at 1x (<= 2.2: linear or better).
 
-Full size runs once (a rep needs two fresh copies of 1M rows in each of three tables); quick
-mode repeats `--reps` times and takes medians.
+Full size runs once (each side needs its own copy of 1M rows in each of three tables); quick mode
+repeats `--reps` times and takes medians.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 import psycopg
 from langgraph.checkpoint.postgres import PostgresSaver
-from psycopg import sql as pgsql
 from psycopg.rows import dict_row
 
 from bench.harness import Context, Entry, Measurement
 from jobs.checkpoint_pruning import DEFAULT_THREAD_BATCH_SIZE, PASSES, PrunePolicy, prune_checkpoints
 from memory import MemoryService, sql
-from memory.db import with_dbname
 
 IDLE_THREADS = Entry(
     "prune_idle_threads_1m",
     "select and delete 30k idle threads of 100k (1M checkpoints + blobs + writes)",
     "PostgresSaver.delete_thread per thread",
-    ">= 2.5",
+    ">= 10",
 )
-ENTRIES = (IDLE_THREADS,)
+NOOP = Entry(
+    "prune_noop_1m",
+    "the whole prune job again on 1M checkpoints with nothing written since the first run",
+    "the first run (a full pass deleting 30k idle threads)",
+    ">= 20",
+)
+IDLE_GROWTH = Entry(
+    "prune_idle_threads_2x",
+    "select and delete 60k idle threads of 200k (2M checkpoints)",
+    "ours on 1M checkpoints",
+    "<= 2.2",
+    lower_is_better=True,
+)
+NOOP_GROWTH = Entry(
+    "prune_noop_2x",
+    "the job again with nothing new, on 2M checkpoints",
+    "ours on 1M checkpoints",
+    "<= 2.2",
+    lower_is_better=True,
+)
+ENTRIES = (IDLE_THREADS, NOOP, IDLE_GROWTH, NOOP_GROWTH)
 
 PER_THREAD = 10
 IDLE_DAYS = 30
-
-
-@contextmanager
-def _database(ctx: Context, label: str, template: str | None = None) -> Iterator[str]:
-    """A scratch database (a copy of `template` when given), dropped afterwards."""
-    name = f"bench_{label}_{uuid.uuid4().hex[:8]}"
-    statement = sql.BENCH_CREATE_DATABASE_FROM if template else sql.BENCH_CREATE_DATABASE
-    names = [pgsql.Identifier(name)] + ([pgsql.Identifier(template)] if template else [])
-    with psycopg.connect(ctx.admin_url, autocommit=True) as conn:
-        conn.execute(pgsql.SQL(statement).format(*names))
-    try:
-        yield name
-    finally:
-        with psycopg.connect(ctx.admin_url, autocommit=True) as conn:
-            conn.execute(pgsql.SQL(sql.BENCH_DROP_DATABASE).format(pgsql.Identifier(name)))
+NOOP_RUNS = 5
+POLICY = PrunePolicy(idle_days=IDLE_DAYS, keep_latest=PER_THREAD + 1)
 
 
 def _load(url: str, threads: int) -> dict[str, int]:
@@ -73,10 +81,9 @@ def _load(url: str, threads: int) -> dict[str, int]:
 
 
 def _ours(url: str, passes: tuple[str, ...] = ("idle",)) -> tuple[float, int]:
-    policy = PrunePolicy(idle_days=IDLE_DAYS, keep_latest=PER_THREAD + 1)
     with psycopg.connect(url, autocommit=True) as conn:
         started = time.perf_counter()
-        report = prune_checkpoints(conn, policy, passes=passes)
+        report = prune_checkpoints(conn, POLICY, passes=passes)
         return time.perf_counter() - started, report.counts["idle_threads"]
 
 
@@ -99,38 +106,64 @@ def _remaining(url: str) -> dict[str, int]:
 def run(ctx: Context, entries: list[Entry]) -> Iterator[Measurement]:
     threads = ctx.size(100_000, 2_000)
     reps = 1 if not ctx.quick else ctx.reps
-    ours_s, baseline_s, whole_job_s, deleted, left = [], [], [], {"ours": [], "baseline": []}, {}
-    with _database(ctx, "prune_src") as source:
-        ctx.progress(f"prune: loading {threads * PER_THREAD:,} checkpoints in {threads:,} threads ...")
-        loaded = _load(with_dbname(ctx.admin_url, source), threads)
-        for rep in range(reps):
-            with _database(ctx, "prune_ours", source) as ours_db, _database(ctx, "prune_base", source) as base_db:
-                ctx.progress(f"prune: rep {rep + 1}/{reps}: ours ...")
-                seconds, count = _ours(with_dbname(ctx.admin_url, ours_db))
-                ours_s.append(seconds)
-                deleted["ours"].append(count)
-                ctx.progress(f"prune: rep {rep + 1}/{reps}: PostgresSaver.delete_thread x {count:,} ...")
-                seconds, count = _baseline(with_dbname(ctx.admin_url, base_db))
-                baseline_s.append(seconds)
-                deleted["baseline"].append(count)
-                left = {"ours": _remaining(with_dbname(ctx.admin_url, ours_db)),
-                        "baseline": _remaining(with_dbname(ctx.admin_url, base_db))}
-            with _database(ctx, "prune_job", source) as job_db:
-                ctx.progress(f"prune: rep {rep + 1}/{reps}: the whole job (idle, trim, orphans) ...")
-                whole_job_s.append(_ours(with_dbname(ctx.admin_url, job_db), PASSES)[0])
-    if left["ours"] != left["baseline"]:
+    scales = (1, 2) if {IDLE_GROWTH, NOOP_GROWTH} & set(entries) else (1,)
+    times: dict[str, list[float]] = {name: [] for name in ("idle", "baseline", "first", "noop", "idle_2x", "first_2x", "noop_2x")}
+    deleted: dict[str, list[int]] = {"ours": [], "baseline": []}
+    loaded, left = {}, {}
+    for scale in scales:
+        suffix = "" if scale == 1 else "_2x"
+        with ctx.database(f"prune_src{scale}") as source:
+            ctx.progress(f"prune: loading {threads * scale * PER_THREAD:,} checkpoints in {threads * scale:,} threads ...")
+            loaded[scale] = _load(ctx.url(source), threads * scale)
+            for rep in range(reps):
+                with ctx.database("prune_ours", source) as ours_db:
+                    ctx.progress(f"prune: {scale}x, rep {rep + 1}/{reps}: ours, idle threads ...")
+                    seconds, count = _ours(ctx.url(ours_db))
+                    times["idle" + suffix].append(seconds)
+                    if scale == 1:
+                        deleted["ours"].append(count)
+                        left["ours"] = _remaining(ctx.url(ours_db))
+                if scale == 1 and IDLE_THREADS in entries:
+                    with ctx.database("prune_base", source) as base_db:
+                        ctx.progress(f"prune: rep {rep + 1}/{reps}: PostgresSaver.delete_thread x {count:,} ...")
+                        seconds, count = _baseline(ctx.url(base_db))
+                        times["baseline"].append(seconds)
+                        deleted["baseline"].append(count)
+                        left["baseline"] = _remaining(ctx.url(base_db))
+                with ctx.database("prune_job", source) as job_db:
+                    ctx.progress(f"prune: {scale}x, rep {rep + 1}/{reps}: the whole job, then again {NOOP_RUNS} times ...")
+                    times["first" + suffix].append(_ours(ctx.url(job_db), PASSES)[0])
+                    noop = [_ours(ctx.url(job_db), PASSES)[0] for _ in range(NOOP_RUNS)]
+                    times["noop" + suffix].append(statistics.median(noop))
+    if "baseline" in left and left["ours"] != left["baseline"]:
         raise AssertionError(f"the two sides left different rows: {left}")
+
+    def median(name: str) -> float:
+        return statistics.median(times[name]) if times[name] else 0.0
+
     params = {
-        "loaded": loaded,
-        "left": left["ours"],
+        "loaded": loaded[1],
+        "left": left.get("ours"),
         "idle_share": 0.3,
         "idle_days": IDLE_DAYS,
         "thread_batch_size": DEFAULT_THREAD_BATCH_SIZE,
         "deleted_threads": deleted,
-        "whole_job_s": round(statistics.median(whole_job_s), 3),
-        "whole_job": "the same run with history trimming and orphan collection too (full-table scans; nothing more to delete here)",
+        "idle_s": round(median("idle"), 3),
+        "baseline_s": round(median("baseline"), 3),
+        "first_run_s": round(median("first"), 3),
+        "second_run_s": round(median("noop"), 4),
         "reps": reps,
-        "statistic": "median over reps; each side works on its own fresh copy of the same loaded database",
+        "statistic": "median over reps (the second run: median of 5 runs in a row); each side works on its own copy",
+    }
+    if len(scales) > 1:
+        params.update({"loaded_2x": loaded[2], "idle_2x_s": round(median("idle_2x"), 3),
+                       "first_run_2x_s": round(median("first_2x"), 3), "second_run_2x_s": round(median("noop_2x"), 4)})
+    figures = {
+        IDLE_THREADS.name: ("idle", "baseline"),
+        NOOP.name: ("noop", "first"),
+        IDLE_GROWTH.name: ("idle_2x", "idle"),
+        NOOP_GROWTH.name: ("noop_2x", "noop"),
     }
     for entry in entries:
-        yield Measurement(entry, statistics.median(ours_s), statistics.median(baseline_s), params)
+        ours, baseline = figures[entry.name]
+        yield Measurement(entry, median(ours), median(baseline), params)

@@ -1,6 +1,6 @@
 """What thread ownership costs an agent turn: a real deep agent (scripted model) through the
 tenant-aware saver against the same agent on plain `PostgresSaver`, on two scratch databases of
-one server (the plain one without our ownership table's foreign keys, as LangGraph sets it up)."""
+one server with the same schema."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from langchain_core.messages import AIMessage
 from langgraph.checkpoint.postgres import PostgresSaver
 
 from bench.harness import Context, Entry, Measurement
-from memory import sql
-from memory.db import connection
 from memory.scripted import ScriptedChatModel, tool_call
 
 TURNS = Entry(
@@ -56,9 +54,6 @@ def _steps(agent, threads: int) -> list[Callable[[], None]]:
 def run(ctx: Context, entries: list[Entry]) -> Iterator[Measurement]:
     threads = ctx.size(200, 20)
     with ctx.service("saver_ours") as ours_svc, ctx.service("saver_plain") as plain_svc:
-        with connection(plain_svc.pool) as conn:
-            for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes"):
-                conn.execute(sql.BENCH_DROP_OWNERSHIP_FK.format(table=table))
         ours = _agent(ours_svc, ours_svc.checkpointer)
         plain = _agent(plain_svc, PostgresSaver(plain_svc.pool))
         ctx.progress(f"timing {TURNS.name} ...")
