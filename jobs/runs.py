@@ -1,7 +1,13 @@
-"""Job runs: one at a time per job (a PostgreSQL advisory lock), each recorded in `memory_job_runs`.
+"""Job runs: one at a time per job, each recorded in `memory_job_runs`; scheduled ticks once each.
 
-`recorded_run(conn, job, dry_run=...)` wraps a job's work: it takes the job's session-level
-advisory lock (held for the whole run, released by the server if the process dies), marks runs
+`job_lock(conn, job)` is a transaction-level advisory lock held by an open transaction on a
+connection of its own for the whole run: it ends with that transaction, whether the run ends,
+the process dies or the connection drops, so it cannot leak into a pooled connection, and
+behind PgBouncer's transaction pooling the open transaction pins one server connection, so lock
+and release never reach different backends. `claim_tick` inserts `(job, tick)` into
+`memory_job_ticks` ON CONFLICT DO NOTHING: the database guarantees each tick runs once.
+
+`recorded_run(conn, job, dry_run=...)` wraps a job's work: it takes the job's lock, marks runs
 left 'running' by a dead process as failed, inserts this run as 'running' (committed at once,
 so a killed run stays visible), and records the outcome when the work ends.
 """
@@ -11,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -76,18 +83,77 @@ def require_autocommit(conn: psycopg.Connection) -> None:
         )
 
 
+_held: set[tuple[int, str]] = set()
+"""(connection id, job) of the locks held in this process: `recorded_run` inside a scheduler tick
+reuses the tick's lock on the same connection."""
+_held_guard = threading.Lock()
+
+LOCK_CONNECT_TIMEOUT_S = 10
+
+
+def lock_connection(conn: psycopg.Connection) -> psycopg.Connection:
+    """A connection of its own to `conn`'s database (same parameters), never preparing statements."""
+    password = conn.info.password
+    return psycopg.connect(
+        conn.info.dsn,
+        **({"password": password} if password else {}),
+        autocommit=False,
+        prepare_threshold=None,
+        connect_timeout=LOCK_CONNECT_TIMEOUT_S,
+    )
+
+
 @contextmanager
 def job_lock(conn: psycopg.Connection, job: str) -> Iterator[bool]:
-    """Try the job's advisory lock on this session; yields whether it was acquired (never waits)."""
-    acquired = bool(_fetch(conn, sql.JOB_TRY_LOCK, {"lock_name": lock_name(job)})[0]["acquired"])
+    """Try the job's lock (never waits); yields whether this run holds it.
+
+    The lock is `pg_try_advisory_xact_lock` in a transaction left open on a connection of its own
+    until the block ends; closing that connection (or losing it) ends the transaction and the lock.
+    """
+    key = (id(conn), job)
+    with _held_guard:
+        nested = key in _held
+    if nested:
+        yield True
+        return
+    holder = lock_connection(conn)
     try:
-        yield acquired
+        holder.execute(sql.NO_IDLE_TIMEOUT, prepare=False)
+        acquired = bool(holder.execute(sql.JOB_TRY_XACT_LOCK, {"lock_name": lock_name(job)}, prepare=False).fetchone()[0])
+        if acquired:
+            with _held_guard:
+                _held.add(key)
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                with _held_guard:
+                    _held.discard(key)
     finally:
-        if acquired and not conn.closed:
-            try:
-                _fetch(conn, sql.JOB_UNLOCK, {"lock_name": lock_name(job)})
-            except psycopg.Error:  # the session is gone, and its lock with it
-                logger.warning("could not release the %s lock; the server drops it with the session", job)
+        _end(holder)
+
+
+def _end(holder: psycopg.Connection) -> None:
+    """End the lock's transaction and wait for the server to say so (a bare close is asynchronous:
+    the next run could still find the lock held), then close; a lost connection took the lock along."""
+    try:
+        holder.rollback()
+    except psycopg.Error:
+        pass
+    holder.close()
+
+
+def claim_tick(conn: psycopg.Connection, job: str, tick: datetime, host: str | None = None) -> bool:
+    """Claim the scheduled `tick` of `job` for this replica; False when another replica has it."""
+    return bool(_fetch(conn, sql.JOB_TICK_CLAIM, {"job": job, "tick": tick, "host": host or this_host()}))
+
+
+def release_tick(conn: psycopg.Connection, job: str, tick: datetime, host: str | None = None) -> None:
+    """Give a claimed tick back (its run failed) so that another replica may retry it."""
+    try:
+        conn.execute(sql.JOB_TICK_RELEASE, {"job": job, "tick": tick, "host": host or this_host()})
+    except psycopg.Error as exc:
+        logger.warning("could not give back the %s tick %s: %s", job, tick.isoformat(), one_line(exc))
 
 
 def abandon_stale_runs(conn: psycopg.Connection, job: str) -> int:
@@ -174,11 +240,6 @@ def batch_settings(conn: psycopg.Connection, *, dry_run: bool, lock_timeout: str
             fetch_unprepared(conn, sql.JOB_SET_BATCH_SETTINGS, saved)
 
 
-def tick_done(conn: psycopg.Connection, job: str, tick: datetime) -> bool:
-    """Whether some replica already ran `job` successfully for the scheduled `tick`."""
-    return bool(_fetch(conn, sql.JOB_TICK_DONE, {"job": job, "tick": tick})[0]["done"])
-
-
 def history(conn: psycopg.Connection, limit: int = 20, job: str | None = None) -> list[JobReport]:
     """The latest runs, newest first."""
     rows = _fetch(conn, sql.JOB_RUNS_HISTORY, {"job": job, "limit": limit})
@@ -202,9 +263,10 @@ __all__ = [
     "fetch_unprepared",
     "finish_run",
     "history",
+    "claim_tick",
     "job_lock",
+    "release_tick",
     "last_successes",
     "recorded_run",
     "start_run",
-    "tick_done",
 ]

@@ -1,9 +1,9 @@
 """The scheduler: APScheduler cron triggers from `[schedule]`, each tick run once across replicas.
 
 Every replica of `memory serve` runs the same triggers. On a tick, a replica takes the job's
-PostgreSQL advisory lock without waiting (another replica holding it is running this tick:
-skip), then skips the tick if `memory_job_runs` already has a successful run that started at or
-after the tick (a fast replica finished before this one fired), and otherwise runs the job.
+lock without waiting (`jobs.runs.job_lock`; another replica holding it is running: skip), then
+claims `(job, tick)` in `memory_job_ticks` (ON CONFLICT DO NOTHING: a replica that finished the
+tick before this one fired has it: skip), and runs the job; a failed run gives the tick back.
 The jobs are the plain functions in `jobs/`; this module only maps them to triggers.
 """
 
@@ -220,10 +220,17 @@ class JobScheduler:
                 if not acquired:
                     self.metrics.skip(job.name, BUSY)
                     return BUSY
-                if tick is not None and runs.tick_done(conn, job.name, tick):
+                if tick is not None and not runs.claim_tick(conn, job.name, tick):
                     self.metrics.skip(job.name, DONE)
                     return DONE
-                report = job.run(conn, stop=self.stop)
+                try:
+                    report = job.run(conn, stop=self.stop)
+                except BaseException:
+                    if tick is not None:
+                        runs.release_tick(conn, job.name, tick)
+                    raise
+                if tick is not None and report.status != SUCCEEDED:
+                    runs.release_tick(conn, job.name, tick)
         except Exception:
             logger.exception("%s failed", job.name)
             self.metrics.failed(job.name)

@@ -71,6 +71,7 @@ SERVICE_TABLES = (
     "memory_tenant_usage",
     "memory_api_keys",
     "memory_job_watermarks",
+    "memory_job_ticks",
     "alembic_version",
 )
 """Every table a backup may hold (those present are dumped), in restore-drop order."""

@@ -105,6 +105,16 @@ api_keys = Table(
     comment="Store API keys (`memory keys`): sha256 of the secret, the tenant it reaches (all with admin).",
 )
 
+job_ticks = Table(
+    "memory_job_ticks",
+    metadata,
+    Column("job", Text, primary_key=True),
+    Column("tick", DateTime(timezone=True), primary_key=True),
+    Column("host", Text, nullable=False),
+    Column("claimed_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    comment="Scheduled ticks claimed by a replica: each (job, tick) runs once across replicas.",
+)
+
 job_watermarks = Table(
     "memory_job_watermarks",
     metadata,

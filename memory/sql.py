@@ -289,12 +289,8 @@ DATABASE_NOW = "SELECT now() AS now"
 STORE_VECTORS_PRESENT = "SELECT to_regclass('store_vectors') IS NOT NULL AS present"
 
 # -- job runs (jobs/runs.py) ----------------------------------------------------------------
-# One session-level advisory lock per job (`lock_name` like 'memory:ttl_cleanup'): held for the
-# whole run, released by the session's end when the process dies.
-JOB_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended(%(lock_name)s, 0)) AS acquired"
-
-JOB_UNLOCK = "SELECT pg_advisory_unlock(hashtextextended(%(lock_name)s, 0)) AS released"
-
+# Each job's lock is a transaction-level advisory lock (JOB_TRY_XACT_LOCK, `lock_name` like
+# 'memory:ttl_cleanup') held by an open transaction of its own for the whole run.
 JOB_RUN_START = """
 INSERT INTO memory_job_runs (job, started_at, status, dry_run, host)
 VALUES (%(job)s, %(started_at)s, 'running', %(dry_run)s, %(host)s)
@@ -317,14 +313,6 @@ UPDATE memory_job_runs
    SET status = 'failed', finished_at = now(), error = %(error)s
  WHERE job = %(job)s AND status = 'running'
 RETURNING id
-"""
-
-# Whether a scheduled tick was already served by a replica (its run started at or after the tick).
-JOB_TICK_DONE = """
-SELECT EXISTS (
-    SELECT 1 FROM memory_job_runs
-     WHERE job = %(job)s AND NOT dry_run AND status = 'succeeded' AND started_at >= %(tick)s
-) AS done
 """
 
 JOB_RUNS_HISTORY = """
@@ -1256,3 +1244,17 @@ JOB_BATCH_SETTINGS = "SELECT current_setting('synchronous_commit') AS synchronou
 JOB_SET_BATCH_SETTINGS = """
 SELECT set_config('synchronous_commit', %(synchronous_commit)s, false), set_config('lock_timeout', %(lock_timeout)s, false)
 """
+
+
+# -- job locks and ticks (jobs/runs.py) -----------------------------------------------------------
+
+JOB_TRY_XACT_LOCK = "SELECT pg_try_advisory_xact_lock(hashtextextended(%(lock_name)s, 0)) AS acquired"
+"""Held by an open transaction on a connection of its own: released when it ends or the connection drops."""
+
+JOB_TICK_CLAIM = """
+INSERT INTO memory_job_ticks (job, tick, host) VALUES (%(job)s, %(tick)s, %(host)s)
+ON CONFLICT (job, tick) DO NOTHING
+RETURNING true AS claimed
+"""
+
+JOB_TICK_RELEASE = "DELETE FROM memory_job_ticks WHERE job = %(job)s AND tick = %(tick)s AND host = %(host)s"

@@ -455,55 +455,6 @@ def test_cli_upgrade_on_an_unreachable_url_is_one_line_and_fails():
 # -- through a real PgBouncer (transaction pooling), when the machine has one ----------------------
 
 
-@pytest.fixture
-def pgbouncer(local_pg15, tmp_path_factory) -> Iterator:
-    """`start(ignore_options)` runs PgBouncer in transaction mode before the PG 15 server; gives its URL base."""
-    binary = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None)
-    if binary is None:
-        pytest.skip("no pgbouncer on this machine (apt-get install pgbouncer)")
-    server = psycopg.conninfo.conninfo_to_dict(local_pg15.admin_url)
-    if server.get("password"):
-        pytest.skip("the PgBouncer test uses trust authentication; MEMORY_TEST_PG15_URL has a password")
-    processes: list[subprocess.Popen] = []
-
-    def start(ignore_options: bool) -> str:
-        folder = tmp_path_factory.mktemp("pgbouncer")
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        user = server.get("user", "postgres")
-        (folder / "users.txt").write_text(f'"{user}" ""\n')
-        (folder / "pgbouncer.ini").write_text(
-            "[databases]\n"
-            f"* = host={server.get('host', '127.0.0.1')} port={server.get('port', 5432)}\n"
-            "[pgbouncer]\n"
-            f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
-            f"auth_type = trust\nauth_file = {folder / 'users.txt'}\n"
-            "pool_mode = transaction\ndefault_pool_size = 10\n"
-            + ("ignore_startup_parameters = options\n" if ignore_options else "")
-        )
-        command = [binary, str(folder / "pgbouncer.ini")]
-        if os.geteuid() == 0:  # PgBouncer refuses to run as root
-            shutil.chown(folder, "postgres")
-            for path in folder.iterdir():
-                shutil.chown(path, "postgres")
-            command[1:1] = ["-u", "postgres"]
-        processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        base = f"postgresql://{user}@127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                psycopg.connect(f"{base}/postgres", connect_timeout=1, prepare_threshold=None).close()
-                return base
-            except psycopg.OperationalError:
-                time.sleep(0.05)
-        pytest.fail("pgbouncer did not start")
-
-    yield start
-    for process in processes:
-        process.terminate()
-        process.wait(timeout=10)
-
-
 def test_pgbouncer_refusing_the_options_parameter_is_one_clear_line(pgbouncer, pg15_empty_db):
     base = pgbouncer(ignore_options=False)
     url = f"{base}/{psycopg.conninfo.conninfo_to_dict(pg15_empty_db)['dbname']}"

@@ -293,3 +293,92 @@ def test_backup_job_runs_from_the_cli_and_is_recorded(database_url, tmp_path):
     assert row == ("succeeded",)
     assert scheduled_jobs(MemorySettings.load(schedule_backup="0 2 * * *"), database_url)
     assert "backup" in [job.name for job in scheduled_jobs(MemorySettings.load(), database_url)]
+
+
+# -- job locks that cannot leak ------------------------------------------------------------------
+
+ADVISORY_HOLDERS = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+
+
+def _quarter(now: datetime) -> datetime:
+    tick = now.replace(second=0, microsecond=0)
+    return tick - timedelta(minutes=tick.minute % 15)
+
+
+def test_a_lost_release_never_leaves_the_job_busy(database_url):
+    """Replica A's lock connection drops in the middle of a run (its release never happens): the next
+    tick on replica B runs. And a tick A finished on its pool leaves no lock on A's pooled connections."""
+    settings = MemorySettings.load(database_url=database_url)
+    job = _job(settings, cron("*/15 * * * *"))
+    tick = _quarter(datetime.now(UTC))
+    with (
+        MemoryService.open(database_url=database_url, database_pool_max_size=2) as svc_a,
+        MemoryService.open(database_url=database_url, database_pool_max_size=2) as svc_b,
+        _connect(database_url) as admin,
+    ):
+        replica_a, replica_b = JobScheduler(svc_a.pool, [job]), JobScheduler(svc_b.pool, [job])
+        assert replica_a.run_tick(job, now=tick + timedelta(seconds=1)).status == "succeeded"
+        assert admin.execute(ADVISORY_HOLDERS).fetchall() == [], "a finished tick left its lock on a pooled connection"
+
+        with svc_a.pool.connection() as conn_a, runs.job_lock(conn_a, JOB) as acquired:
+            assert acquired
+            assert replica_b.run_tick(job, now=tick + timedelta(minutes=15, seconds=1)) == BUSY
+            (holder,) = admin.execute(ADVISORY_HOLDERS).fetchall()
+            admin.execute("SELECT pg_terminate_backend(%(pid)s)", {"pid": holder["pid"]})
+            _wait_for(lambda: not admin.execute(ADVISORY_HOLDERS).fetchall())
+            after = replica_b.run_tick(job, now=tick + timedelta(minutes=30, seconds=1))
+            assert after != BUSY and after.status == "succeeded"
+
+
+def test_each_tick_is_claimed_once_in_the_database(database_url):
+    settings = MemorySettings.load(database_url=database_url)
+    job = _job(settings, cron("*/15 * * * *"))
+    tick = _quarter(datetime.now(UTC))
+    replicas = [JobScheduler(database_url, [job], misfire_grace_s=3600) for _ in range(3)]
+    outcomes = [replica.run_tick(job, now=tick + timedelta(seconds=i)) for i, replica in enumerate(replicas)]
+    assert outcomes[0].status == "succeeded" and outcomes[1:] == [DONE, DONE]
+    with _connect(database_url) as conn:
+        claims = conn.execute("SELECT job, tick FROM memory_job_ticks").fetchall()
+    assert claims == [{"job": JOB, "tick": tick}]
+
+
+def test_failed_tick_is_given_back_for_another_replica(database_url):
+    settings = MemorySettings.load(database_url=database_url)
+    tick = _quarter(datetime.now(UTC))
+
+    def broken(conn, **_):
+        raise RuntimeError("disk full")
+
+    failing = ScheduledJob(JOB, cron("*/15 * * * *"), broken, "test")
+    assert JobScheduler(database_url, [failing], misfire_grace_s=3600).run_tick(failing, now=tick) is None
+    good = _job(settings, cron("*/15 * * * *"))
+    assert JobScheduler(database_url, [good], misfire_grace_s=3600).run_tick(good, now=tick).status == "succeeded"
+
+
+def test_ticks_through_pgbouncer_transaction_pooling(pgbouncer, local_pg15):
+    """Behind PgBouncer (transaction pooling) lock and release cannot reach different backends: a
+    replica holding the lock makes the other busy, and once it is done the next tick runs."""
+    from conftest import TEMPLATE
+
+    name = f"memory_test_{uuid.uuid4().hex[:12]}"
+    local_pg15.create_database(name, template=TEMPLATE)
+    try:
+        url = f"{pgbouncer(ignore_options=True)}/{name}"
+        settings = MemorySettings.load(database_url=url, database_prepare_threshold=None)
+        job = ScheduledJob(JOB, cron("*/15 * * * *"), job_runners(settings)[JOB], "test")
+        tick = _quarter(datetime.now(UTC))
+        options = {"database_url": url, "database_prepare_threshold": None, "database_pool_max_size": 3}
+        with MemoryService.open(**options) as svc_a, MemoryService.open(**options) as svc_b:
+            replica_a, replica_b = JobScheduler(svc_a.pool, [job]), JobScheduler(svc_b.pool, [job])
+            for step in range(3):
+                at = tick + timedelta(minutes=15 * step, seconds=1)
+                with svc_a.pool.connection() as conn_a, runs.job_lock(conn_a, JOB):
+                    # other clients keep server connections busy meanwhile
+                    with svc_b.pool.connection() as other, other.transaction():
+                        other.execute("SELECT 1")
+                        assert replica_b.run_tick(job, now=at) == BUSY
+                first = replica_a.run_tick(job, now=at)
+                assert not isinstance(first, str) and first.status == "succeeded", (step, first)
+                assert replica_b.run_tick(job, now=at) == DONE
+    finally:
+        local_pg15.drop_database(name)
