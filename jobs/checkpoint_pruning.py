@@ -60,6 +60,7 @@ from typing import Any
 import psycopg
 
 from jobs import runs
+from jobs.registry import Job, plural
 from jobs.report import FAILED, JobReport
 from memory import sql
 from memory.errors import MemoryServiceError
@@ -488,3 +489,60 @@ def _collect_orphans(run: _Run, now: datetime) -> None:  # noqa: ARG001 (every p
 
 
 __all__ = ["JOB", "CheckpointRow", "NamespacePlan", "PruneFailed", "PrunePolicy", "prune_checkpoints", "trim_plan"]
+
+
+# -- registry entry (jobs/registry.py) ------------------------------------------------------------
+
+
+def _bind(settings: Any, database_url: str | None = None):  # noqa: ARG001 - works on the connection alone
+    from functools import partial
+
+    return partial(
+        prune_checkpoints,
+        policy=PrunePolicy(
+            idle_days=settings.checkpoints_delete_threads_idle_days,
+            keep_latest=settings.checkpoints_keep_latest,
+            legal_hold=settings.retention_policy().legal_hold,
+            full_pass_days=settings.checkpoints_full_pass_days,
+        ),
+    )
+
+
+def summary(report: JobReport) -> str:
+    counts = report.counts
+    verb = "would delete" if report.dry_run else "deleted"
+    return (
+        f"{verb} {plural(counts.get('idle_threads', 0), 'idle thread')}; trimmed "
+        f"{plural(counts.get('trimmed_threads', 0), 'thread')} ({counts.get('kept_for_replay', 0)} older checkpoints kept "
+        f"as delta replay bases); in all {plural(counts.get('checkpoints', 0), 'checkpoint')}, "
+        f"{plural(counts.get('writes', 0), 'write')}, {plural(counts.get('blobs', 0), 'blob')}, plus "
+        f"{counts.get('orphan_writes', 0)} orphan writes and {counts.get('orphan_blobs', 0)} orphan blobs; "
+        f"{plural(counts.get('held_threads', 0), 'thread')} under legal hold left alone, "
+        f"{plural(counts.get('skipped_busy', 0), 'busy thread')} left for the next run"
+    )
+
+
+def done(report: JobReport) -> str:
+    counts = report.counts
+    return (
+        f"{plural(counts.get('checkpoints', 0), 'checkpoint')} ({counts.get('idle_threads', 0)} idle threads, "
+        f"{counts.get('trimmed_threads', 0)} trimmed)"
+    )
+
+
+def progress(report: JobReport) -> str:
+    counts = report.counts
+    return (f"{JOB}: {plural(counts.get('idle_threads', 0), 'idle thread')}, {counts.get('trimmed_threads', 0)} "
+            f"threads trimmed, {plural(counts.get('checkpoints', 0), 'checkpoint')}")
+
+
+SPEC = Job(
+    name=JOB,
+    schedule_key="prune_checkpoints",
+    deletes="idle checkpoint threads, checkpoints beyond keep_latest ([checkpoints]), orphan writes and blobs",
+    bind=_bind,
+    summary=summary,
+    done=done,
+    progress=progress,
+    tenant_columns=("idle_threads", "trimmed_threads", "checkpoints", "writes", "blobs"),
+)

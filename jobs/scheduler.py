@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from functools import partial
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Protocol
+from typing import Any
 
 import psycopg
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -24,12 +23,9 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from psycopg_pool import ConnectionPool
 
-from jobs import runs
-from jobs.checkpoint_pruning import JOB as PRUNE_CHECKPOINTS
-from jobs.checkpoint_pruning import PrunePolicy, prune_checkpoints
+from jobs import registry, runs
+from jobs.registry import JobRunner
 from jobs.report import FAILED, SUCCEEDED, JobReport
-from jobs.ttl_cleanup import JOB as TTL_CLEANUP
-from jobs.ttl_cleanup import ttl_cleanup
 from memory.db import connection
 
 logger = logging.getLogger(__name__)
@@ -38,45 +34,30 @@ MISFIRE_GRACE_S = 30
 """A tick fired later than this (the process was busy or asleep) is skipped, not run late."""
 
 
-class JobRunner(Protocol):
-    def __call__(
-        self,
-        conn: psycopg.Connection,
-        *,
-        dry_run: bool = False,
-        tenant: str | None = None,
-        stop: threading.Event | None = None,
-        on_batch: Callable[[JobReport], None] | None = None,
-    ) -> JobReport: ...
-
-
 def job_runners(settings: Any, database_url: str | None = None) -> dict[str, JobRunner]:
-    """Each job by name, bound to its settings (the edge reads settings; jobs take plain values).
-
-    The backup job needs the database URL (pg_dump connects on its own), so it is there only with one.
-    """
-    policy = settings.retention_policy()
-    prune_policy = PrunePolicy(
-        idle_days=settings.checkpoints_delete_threads_idle_days,
-        keep_latest=settings.checkpoints_keep_latest,
-        legal_hold=policy.legal_hold,
-        full_pass_days=settings.checkpoints_full_pass_days,
-    )
-    runners: dict[str, JobRunner] = {
-        TTL_CLEANUP: partial(
-            ttl_cleanup, policy=policy, batch_size=settings.retention_batch_size, suffix=settings.namespace_suffix
-        ),
-        PRUNE_CHECKPOINTS: partial(prune_checkpoints, policy=prune_policy),
-    }
-    if database_url:
-        from memory.backup import backup_job
-
-        def run_backup(conn: psycopg.Connection, *, dry_run: bool = False, tenant: str | None = None,
-                       stop: threading.Event | None = None, on_batch: Callable[[JobReport], None] | None = None) -> JobReport:
-            return backup_job(conn, database_url, settings.backup_dir, settings.backup_keep, dry_run=dry_run, tenant=tenant)
-
-        runners["backup"] = run_backup
+    """Each registered job by name, bound to its settings (the edge reads settings; jobs take plain
+    values). A job that cannot run without the database URL (backup: pg_dump connects on its own) is
+    there only with one."""
+    runners = {}
+    for job in registry.jobs():
+        runner = job.bind(settings, database_url)
+        if runner is not None:
+            runners[job.name] = runner
     return runners
+
+
+def log_report(report: JobReport) -> None:
+    """One line per run: run id, job, status, its counts (JSON), and what it did in its own words."""
+    import json
+
+    spec = next((job for job in registry.jobs() if job.name == report.job), None)
+    said = spec.summary(report) if spec is not None else ""
+    logger.info(
+        "job run %s %s %s in %.2fs: %s counts=%s",
+        report.run_id, report.job, report.status, report.duration_s or 0, said,
+        json.dumps(report.counts, sort_keys=True, default=str),
+        extra={"run_id": report.run_id, "job": report.job, "status": report.status, "counts": report.counts},
+    )
 
 
 def cron(expression: str) -> CronTrigger:
@@ -96,10 +77,11 @@ class ScheduledJob:
 def scheduled_jobs(settings: Any, database_url: str | None = None) -> list[ScheduledJob]:
     """The jobs `[schedule]` enables (an empty crontab disables one); jobs not built yet are left out."""
     jobs = []
-    for name, runner in job_runners(settings, database_url).items():
-        expression = getattr(settings, f"schedule_{name}", "")
-        if expression.strip():
-            jobs.append(ScheduledJob(name, cron(expression), runner, expression))
+    runners = job_runners(settings, database_url)
+    for job in registry.jobs():
+        expression = getattr(settings, f"schedule_{job.schedule_key}", "")
+        if job.name in runners and expression.strip():
+            jobs.append(ScheduledJob(job.name, cron(expression), runners[job.name], expression))
     return jobs
 
 
@@ -236,5 +218,5 @@ class JobScheduler:
             self.metrics.failed(job.name)
             return None
         self.metrics.record(report)
-        logger.info("%s %s: %s", job.name, report.status, report.counts)
+        log_report(report)
         return report

@@ -42,6 +42,7 @@ from typing import Any
 import psycopg
 
 from jobs import runs
+from jobs.registry import Job, plural
 from jobs.report import FAILED, JobReport
 from memory import sql
 from memory.errors import MemoryServiceError
@@ -234,3 +235,45 @@ class _Cleanup:
 
 def _clamp(value: float, low: int, high: int) -> int:
     return int(min(max(value, low), high))
+
+
+# -- registry entry (jobs/registry.py) ------------------------------------------------------------
+
+
+def _bind(settings: Any, database_url: str | None = None):  # noqa: ARG001 - works on the connection alone
+    from functools import partial
+
+    return partial(
+        ttl_cleanup, policy=settings.retention_policy(), batch_size=settings.retention_batch_size,
+        suffix=settings.namespace_suffix,
+    )
+
+
+def summary(report: JobReport) -> str:
+    counts = report.counts
+    verb = "would delete" if report.dry_run else "deleted"
+    return (
+        f"{verb} {plural(counts.get('items', 0), 'memory file')} ({counts.get('by_expiry', 0)} expired, "
+        f"{counts.get('by_policy', 0)} past their policy TTL) and {plural(counts.get('vectors', 0), 'vector')} "
+        f"in {plural(counts.get('batches', 0), 'batch', 'batches')}"
+    )
+
+
+def done(report: JobReport) -> str:
+    return f"{plural(report.counts.get('items', 0), 'file')}, {plural(report.counts.get('vectors', 0), 'vector')}"
+
+
+def progress(report: JobReport) -> str:
+    return f"{JOB}: {plural(report.counts.get('items', 0), 'file')} in {plural(report.counts.get('batches', 0), 'batch', 'batches')}"
+
+
+SPEC = Job(
+    name=JOB,
+    schedule_key="ttl_cleanup",
+    deletes="memory files past their TTL ([retention]) and their vectors",
+    bind=_bind,
+    summary=summary,
+    done=done,
+    progress=progress,
+    tenant_columns=("items", "vectors"),
+)

@@ -288,67 +288,36 @@ def db_downgrade(
 # -- jobs and serve ---------------------------------------------------------------------------
 
 JOB_NAMES = ("ttl-cleanup", "prune-checkpoints", "backup")
-"""Jobs `memory jobs run` knows (CLI spelling; recorded in memory_job_runs as ttl_cleanup)."""
+"""What `memory jobs run` accepts (help text; the registry in jobs/registry.py is the source: a test
+checks they agree)."""
 
 
-def _job_name(name: str) -> str:
-    if name not in JOB_NAMES:
-        raise typer.BadParameter(f"unknown job {name!r}; known jobs: {', '.join(JOB_NAMES)}")
-    return name.replace("-", "_")
+def _job(name: str):
+    from jobs import registry
 
-
-def _progress_line(report) -> str:
-    """One line of a running job's progress, for the terminal."""
-    counts = report.counts
-    if report.job == "prune_checkpoints":
-        return (f"{report.job}: {counts.get('idle_threads', 0)} idle threads, {counts.get('trimmed_threads', 0)} "
-                f"threads trimmed, {counts.get('checkpoints', 0)} checkpoints")
-    return f"{report.job}: {counts.get('items', 0)} items in {counts.get('batches', 0)} batches"
-
-
-PER_TENANT_COLUMNS = {
-    "ttl_cleanup": ("items", "vectors"),
-    "prune_checkpoints": ("idle_threads", "trimmed_threads", "checkpoints", "writes", "blobs"),
-}
-"""The per-tenant table's columns for each job (counts in JobReport.tenant_counts)."""
-
-
-def _summary(report) -> str:
-    counts = report.counts
-    verb = "would delete" if report.dry_run else "deleted"
-    if report.job == "prune_checkpoints":
-        return (
-            f"{verb} {counts.get('idle_threads', 0)} idle threads; trimmed {counts.get('trimmed_threads', 0)} threads "
-            f"({counts.get('kept_for_replay', 0)} older checkpoints kept as delta replay bases); in all "
-            f"{counts.get('checkpoints', 0)} checkpoints, {counts.get('writes', 0)} writes, {counts.get('blobs', 0)} blobs, "
-            f"plus {counts.get('orphan_writes', 0)} orphan writes and {counts.get('orphan_blobs', 0)} orphan blobs; "
-            f"{counts.get('held_threads', 0)} threads under legal hold left alone, "
-            f"{counts.get('skipped_busy', 0)} busy threads left for the next run"
-        )
-    return (
-        f"{verb} {counts.get('items', 0)} items ({counts.get('by_expiry', 0)} expired, "
-        f"{counts.get('by_policy', 0)} past their policy TTL) and {counts.get('vectors', 0)} vectors "
-        f"in {counts.get('batches', 0)} batches"
-    )
+    try:
+        return registry.by_name(name)
+    except KeyError as exc:
+        raise typer.BadParameter(exc.args[0]) from None
 
 
 def _print_report(report, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report.to_dict(), indent=2))
         return
-    columns = PER_TENANT_COLUMNS.get(report.job, ())
-    if report.tenant_counts and columns:
+    spec = _job(report.job)
+    if report.tenant_counts and spec.tenant_columns:
         table = Table(title=f"{'would delete' if report.dry_run else 'deleted'} per tenant")
-        for column in ("tenant", *columns):
+        for column in ("tenant", *spec.tenant_columns):
             table.add_column(column)
         for tenant, per in sorted(report.tenant_counts.items()):
-            table.add_row(tenant, *(str(per.get(column, 0)) for column in columns))
+            table.add_row(tenant, *(str(per.get(column, 0)) for column in spec.tenant_columns))
         console.print(table)
     status = "[green]succeeded[/]" if report.status == "succeeded" else f"[red]{report.status}[/]"
     console.print(
         f"{report.job} run {report.run_id}{' (dry run)' if report.dry_run else ''} {status}: "
-        f"{_summary(report)}, {report.duration_s or 0:.2f}s",
-        soft_wrap=True,
+        f"{spec.summary(report)}, {report.duration_s or 0:.2f}s",
+        soft_wrap=True, highlight=False,
     )
     if report.error:
         err_console.print(f"error: {report.error}", markup=False, highlight=False, soft_wrap=True)
@@ -364,17 +333,18 @@ def jobs_run(
 ) -> None:
     """Run a job now (once, under the same lock as the scheduler) and record it in memory_job_runs.
 
-    ttl-cleanup deletes expired memory files (retention section of the config);
-    prune-checkpoints deletes idle checkpoint threads, trims each thread's history to keep_latest
-    (checkpoints section; what deep agents' DeltaChannels are rebuilt from stays) and removes
-    orphan writes and blobs, looking only at threads written since its last run unless --full
-    (or full_pass_days have passed since the last full pass); backup writes a pg_dump backup (backup section).
-    Tenants under legal hold are never touched.
+    ttl-cleanup deletes expired memory files ([retention]); prune-checkpoints deletes idle
+    checkpoint threads, trims each thread's history to keep_latest ([checkpoints]; what deep
+    agents' DeltaChannels are rebuilt from stays) and removes orphan writes and blobs, looking only
+    at threads written since its last run unless --full (or full_pass_days have passed since the
+    last full pass); backup writes a pg_dump backup to [backup] dir (backups/ under the data dir
+    unless set) and removes the oldest beyond [backup] keep. Tenants under legal hold are never touched.
     """
     from jobs.scheduler import job_runners
     from memory.db import connection
 
-    name = _job_name(job)
+    spec = _job(job)
+    name = spec.name
     if full and name != "prune_checkpoints":
         fail(ValueError(f"--full applies to prune-checkpoints only, not {job}"))
     progress = None
@@ -391,7 +361,7 @@ def jobs_run(
                     dry_run=dry_run,
                     tenant=tenant,
                     **({"full": True} if full else {}),
-                    on_batch=(lambda r: progress.update(_progress_line(r))) if show else None,
+                    on_batch=(lambda r: progress.update(spec.progress(r))) if show and spec.progress else None,
                 )
     except (MemoryServiceError, ValueError) as exc:
         if progress is not None:
@@ -416,7 +386,7 @@ def jobs_history(
     from jobs import runs
     from memory.db import connection
 
-    name = _job_name(job) if job else None
+    name = _job(job).name if job else None
     try:
         with _open_service() as svc, connection(svc.pool) as conn:
             reports = runs.history(conn, limit, name)
@@ -426,13 +396,17 @@ def jobs_history(
         print(json.dumps([r.to_dict() for r in reports], indent=2))
         return
     table = Table(title="Job runs (newest first; --json for hosts and per-tenant counts)")
-    for column in ("id", "job", "started UTC", "took", "status", "items", "error"):
+    for column in ("id", "job", "started UTC", "took", "status", "did", "error"):
         table.add_column(column, overflow="fold")
     for r in reports:
+        try:
+            did = _job(r.job).done(r)
+        except typer.BadParameter:  # a job this version no longer has
+            did = json.dumps(r.counts)
         table.add_row(
             str(r.run_id), r.job, r.started_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
             f"{r.duration_s:.2f}s" if r.duration_s is not None else "-",
-            r.status + (" (dry)" if r.dry_run else ""), str(r.counts.get("items", 0)), r.error or "",
+            r.status + (" (dry)" if r.dry_run else ""), did, r.error or "",
         )
     console.print(table)
 

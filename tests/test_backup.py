@@ -11,6 +11,7 @@ import pytest
 from psycopg.rows import dict_row
 from typer.testing import CliRunner
 
+from jobs.backup import backup_job
 from memory import MemoryService, backup, erasure, migrations, sql, tenants
 from memory.backup import BackupError, create_backup, list_backups, restore_backup, table_checksums, verify_backup
 from memory.cli import app
@@ -137,7 +138,8 @@ def _drop_our_tables(url: str) -> None:
     """What a database looked like before the ledger existed: LangGraph's tables only, no alembic."""
     with psycopg.connect(url, autocommit=True) as conn:
         for table in ("memory_threads", "memory_tenant_erasures", "memory_job_runs", "memory_quota_limits",
-                      "memory_tenant_usage", "memory_api_keys", "memory_job_watermarks", "alembic_version"):
+                      "memory_tenant_usage", "memory_api_keys", "memory_job_watermarks", "memory_job_ticks",
+                      "alembic_version"):
             conn.execute(f"DROP TABLE {table} CASCADE")
         for statement in sql.QUOTA_DROP:
             conn.execute(statement)
@@ -274,9 +276,9 @@ def test_backup_restore_with_pgvector_rows(embedded_server, tmp_path):
 
 def test_backup_job_is_recorded_and_prunes(service, tmp_path):
     with connection(service.pool) as conn:
-        first = backup.backup_job(conn, service.database_url, tmp_path, keep=1)
-        second = backup.backup_job(conn, service.database_url, tmp_path, keep=1)
-        dry = backup.backup_job(conn, service.database_url, tmp_path, keep=1, dry_run=True)
+        first = backup_job(conn, service.database_url, tmp_path, keep=1)
+        second = backup_job(conn, service.database_url, tmp_path, keep=1)
+        dry = backup_job(conn, service.database_url, tmp_path, keep=1, dry_run=True)
         recorded = conn.execute(
             "SELECT status, dry_run, counts FROM memory_job_runs WHERE job = 'backup' ORDER BY id"
         ).fetchall()
