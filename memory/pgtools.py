@@ -13,6 +13,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
 from memory.errors import MemoryServiceError
 
 _VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
@@ -112,3 +115,14 @@ def sibling(tool: PgTool, name: str) -> PgTool:
     if version is not None:
         return PgTool(name, path, version[0], version[1])
     return find_tool(name, tool.major)
+
+
+def connection_args(url: str) -> tuple[str, dict[str, str]]:
+    """`(--dbname=..., env)` for a client program: the connection string without its password, and
+    the password as PGPASSWORD, so that it never shows in the process list (`ps`)."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise PgToolError(f"the database URL cannot be parsed: {exc}") from None
+    password = params.pop("password", None)
+    return f"--dbname={make_conninfo(**params)}", ({"PGPASSWORD": str(password)} if password else {})

