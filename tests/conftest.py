@@ -117,6 +117,19 @@ def _backup_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
     monkeypatch.setenv("MEMORY_BACKUP_DIR", str(tmp_path_factory.mktemp("backups")))
 
 
+@pytest.fixture
+def vector_service(embedded_server: PgServer) -> Iterator[MemoryService]:
+    """A service with pgvector rows (`store_vectors`, the offline 8-dim embedding), on a database of its own."""
+    name = f"memory_vectors_{uuid.uuid4().hex[:10]}"
+    url = embedded_server.create_database(name)
+    try:
+        with MemoryService.open(database_url=url, database_pool_max_size=8, index_dims=8, index_embed="fake") as svc:
+            svc.setup()
+            yield svc
+    finally:
+        embedded_server.drop_database(name)
+
+
 # -- PgBouncer (transaction pooling) before the PG 15 server, when the machine has one ----------
 
 

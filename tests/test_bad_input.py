@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import psycopg
-import pytest
 
 from memory import bind_tenant
 from memory.paths import MAX_PATH_BYTES

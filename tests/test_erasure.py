@@ -42,19 +42,6 @@ def one_error_line(result) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def vector_service(embedded_server):
-    """A service with pgvector rows (store_vectors), on a database of its own."""
-    name = f"memory_erasure_{uuid.uuid4().hex[:10]}"
-    url = embedded_server.create_database(name)
-    try:
-        with MemoryService.open(database_url=url, database_pool_max_size=8, index_dims=8, index_embed="fake") as svc:
-            svc.setup()
-            yield svc
-    finally:
-        embedded_server.drop_database(name)
-
-
 def test_backup_taken_while_an_erase_is_running_never_restores_the_tenant(vector_service, tmp_path):
     """The erase holds its transaction open, the backup runs, the erase commits: the backup's times say
     'after the erasure', its snapshot says 'before'. The restore goes by the snapshot."""

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import socket
 import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from helpers import deep_agent, run_agent
 from conftest import TEMPLATE
 from jobs.checkpoint_pruning import PrunePolicy, prune_checkpoints
-from memory import MemoryService, migrations, ownership, tenants
+from memory import MemoryService, migrations, tenants
 from memory.cli import app
 from memory.db import connection
 from memory.errors import InvalidTenantId, LegalHoldError, TenantNotResolved, ThreadAccessDenied
@@ -508,7 +508,6 @@ def test_rows_written_around_the_saver_belong_to_nobody_until_assigned(svc, url)
     from langgraph.checkpoint.postgres import PostgresSaver
 
     from deepagents import create_deep_agent
-    from memory.scripted import script
 
     around = create_deep_agent(model=script(tool_call("write_file", file_path="/p.md", content="plain"), "done"),
                                checkpointer=PostgresSaver(svc.pool))

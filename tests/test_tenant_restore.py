@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import psycopg
 import pytest
@@ -39,18 +38,6 @@ def populate(svc: MemoryService) -> None:
 def scratches(url: str) -> list[str]:
     with psycopg.connect(url) as conn:
         return [r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'memory\\_scratch\\_%'")]
-
-
-@pytest.fixture
-def vector_service(embedded_server):
-    name = f"memory_trestore_{uuid.uuid4().hex[:10]}"
-    url = embedded_server.create_database(name)
-    try:
-        with MemoryService.open(database_url=url, database_pool_max_size=8, index_dims=8, index_embed="fake") as svc:
-            svc.setup()
-            yield svc
-    finally:
-        embedded_server.drop_database(name)
 
 
 def test_one_tenant_goes_back_to_its_backup_state_and_the_others_keep_their_changes(vector_service, tmp_path):
