@@ -90,9 +90,17 @@ def _typer(help: str) -> typer.Typer:  # noqa: A002
     return typer.Typer(help=help, no_args_is_help=True, rich_markup_mode=None)
 
 
+HELP = """Tenant-isolated long-term memory for Deep Agents on PostgreSQL.
+
+Settings come from one file: MEMORY_CONFIG, else ./config/memory.toml, else memory.toml in the user
+config dir; then MEMORY_<SECTION>_<KEY> variables (`memory config show` prints them all and where
+each came from). With no [database] url (MEMORY_DATABASE_URL or DATABASE_URL), an embedded
+PostgreSQL 18 runs under MEMORY_DATA_DIR; backups go to [backup] dir, backups/ under that data dir
+by default."""
+
 app = typer.Typer(
     name="memory",
-    help="Tenant-isolated long-term memory for Deep Agents on PostgreSQL.",
+    help=HELP,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -127,12 +135,6 @@ def main(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
-    """Settings come from one file: MEMORY_CONFIG, else ./config/memory.toml, else memory.toml in the
-    user config dir; then MEMORY_<SECTION>_<KEY> variables (`memory config show` prints them all).
-
-    With no [database] url (MEMORY_DATABASE_URL or DATABASE_URL), an embedded PostgreSQL 18 is
-    started under MEMORY_DATA_DIR; backups go to [backup] dir, backups/ under that data dir by default.
-    """
     _state["verbose"] = verbose
 
 
@@ -600,10 +602,11 @@ def _print_json(data) -> None:
 
 @backup_app.command("create")
 def backup_create(
-    out: Annotated[Optional[str], typer.Option("--out", help="Directory for the backup (default [backup] dir).")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", help="Directory for the backup (default: [backup] dir, backups/ under the data dir unless set; `memory config show`).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
-    """pg_dump -Fc of the service's tables plus a manifest (.json) beside it; prunes to the newest `keep` (backup section)."""
+    """pg_dump -Fc of the service's tables plus a manifest (.json) beside it, into [backup] dir
+    (backups/ under the data dir unless set); removes the oldest beyond [backup] keep."""
     from pathlib import Path
 
     from memory.backup import create_backup
@@ -627,22 +630,20 @@ def backup_create(
 
 @backup_app.command("list")
 def backup_list(
-    directory: Annotated[Optional[str], typer.Option("--dir", help="Backup directory (default [backup] dir).")] = None,
+    directory: Annotated[Optional[str], typer.Option("--dir", help="Backup directory (default: [backup] dir, backups/ under the data dir unless set; `memory config show`).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifests as JSON.")] = False,
 ) -> None:
-    """Backups in the backup directory, newest first."""
+    """Backups in [backup] dir (backups/ under the data dir unless set), newest first; says where it looked."""
     from pathlib import Path
 
     from memory.backup import list_backups
 
-    try:
-        manifests = list_backups(Path(directory) if directory else _load_settings().backup_dir)
-    except MemoryServiceError as exc:
-        fail(exc)
+    where = Path(directory) if directory else _load_settings().backup_dir
+    manifests = list_backups(where)
     if as_json:
         _print_json([m.to_dict() for m in manifests])
         return
-    table = Table(title="Backups")
+    table = Table(title=f"Backups in {where}" + ("" if where.is_dir() else " (no such directory)"))
     for column in ("file", "created (UTC)", "size", "rows", "server", "schema revision"):
         table.add_column(column)
     for m in manifests:

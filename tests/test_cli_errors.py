@@ -190,3 +190,28 @@ def test_the_console_script_prints_one_line_and_a_traceback_with_v():
     assert done.returncode == 1 and done.stderr.strip().count("\n") == 0, done.stderr
     verbose = memory_cli("-v", "jobs", "history", MEMORY_DATABASE_URL=DOWN_URL)
     assert "Traceback" in verbose.stderr and verbose.stderr.strip().splitlines()[-1] == done.stderr.strip()
+
+
+def test_help_shows_section_names_defaults_and_where_backups_go(cli):
+    """Plain help: `[retention]` and friends survive (rich markup ate them), flags carry no `<bool>`."""
+    pages = {" ".join(args): cli([*args, "--help"]) for args in (
+        [], ["jobs"], ["jobs", "run"], ["jobs", "history"], ["backup"], ["backup", "create"], ["backup", "list"],
+        ["serve"], ["db", "downgrade"], ["config", "show"], ["tenant", "export"], ["demo"],
+    )}
+    for name, page in pages.items():
+        assert page.exit_code == 0, name
+        assert "<bool>" not in page.stdout, name
+    assert "[schedule]" in pages["jobs"].stdout and "[retention]" in pages["jobs run"].stdout
+    assert "[default: 20;" in pages["jobs history"].stdout
+    for name in ("backup", "backup create", "backup list", "jobs run", ""):
+        assert "backups/ under" in " ".join(pages[name].stdout.split()), name
+    assert "[serve] port, 9464" in " ".join(pages["serve"].stdout.split())
+
+
+def test_memory_help_does_not_import_langgraph():
+    import subprocess
+    import sys
+
+    code = "import sys\nfrom memory.cli import app\nprint(sorted(m for m in sys.modules if m.split('.')[0] in ('langgraph', 'deepagents', 'psycopg')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
