@@ -10,6 +10,9 @@ from memory import MemoryService
 from memory.scripted import tool_call
 from helpers import run_agent
 
+SERVERS = ("pg18",)
+"""Version-independent: the embedded server only (conftest.pytest_generate_tests)."""
+
 
 
 

@@ -14,6 +14,9 @@ from memory.scripted import script, tool_call
 
 from helpers import arun_agent
 
+SERVERS = ("pg18",)
+"""Version-independent: the embedded server only (conftest.pytest_generate_tests)."""
+
 NAMESPACE = ("acme", "memories")
 
 

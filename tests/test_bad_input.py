@@ -11,6 +11,9 @@ from memory.paths import MAX_PATH_BYTES
 from memory.scripted import tool_call
 from helpers import run_agent
 
+SERVERS = ("pg18",)
+"""Version-independent: the embedded server only (conftest.pytest_generate_tests)."""
+
 LONG_PATH = "/memories/" + "x" * 10_000 + ".md"
 
 

@@ -8,6 +8,9 @@ import subprocess
 from helpers import memory_cli
 from memory.embedded import PGDATA_DIRNAME
 
+SERVERS = ("pg18",)
+"""Version-independent: the embedded server only (conftest.pytest_generate_tests)."""
+
 
 def assert_demo_ok(done: subprocess.CompletedProcess[str]) -> dict:
     assert done.returncode == 0, done.stderr

@@ -17,6 +17,9 @@ from typer.testing import CliRunner
 from memory.cli import app
 from helpers import memory_cli
 
+SERVERS = ("pg18",)
+"""Version-independent: the embedded server only (conftest.pytest_generate_tests)."""
+
 DOWN_URL = "postgresql://nobody@127.0.0.1:1/nothing"
 """A closed port: the database is down."""
 

@@ -16,6 +16,9 @@ from langgraph.store.postgres import PostgresStore
 from memory import MemoryService, TenantMemoryBackend
 from memory.scripted import ScriptedChatModel, tool_call
 
+SERVERS = ("pg18",)
+"""Version-independent: the embedded server only (conftest.pytest_generate_tests)."""
+
 RUNS = 16
 BOARD = "/memories/board.md"
 NAMESPACE = ("acme", "memories")

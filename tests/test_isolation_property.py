@@ -17,6 +17,9 @@ from langgraph.store.base import PutOp
 
 from memory import MemoryService, bind_tenant
 
+SERVERS = ("pg18",)
+"""Version-independent: the embedded server only (conftest.pytest_generate_tests)."""
+
 TENANT_ALPHABET = string.ascii_letters + string.digits + "-_@+:~"
 METACHARACTERS = list("%_[]*?\\.^$()|{}+- ~")
 

@@ -15,6 +15,9 @@ from jobs.scheduler import job_runners, scheduled_jobs
 from memory.cli import JOB_NAMES, app
 from memory.settings import MemorySettings
 
+SERVERS = ("pg18",)
+"""Version-independent: the embedded server only (conftest.pytest_generate_tests)."""
+
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = {"memory/cli.py", "memory/serve.py", "memory/__main__.py"}
 """Modules sitting on top of both `memory/` and `jobs/` (and the memory/api package)."""

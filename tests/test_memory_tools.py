@@ -20,6 +20,9 @@ from memory.vectors import HashingEmbeddings
 
 from conftest import TEMPLATE
 
+SERVERS = ("pg18",)
+"""Version-independent: the embedded server only (conftest.pytest_generate_tests)."""
+
 DIMS = 16
 OURS, PLAIN = "acme", "plain"
 

@@ -22,6 +22,9 @@ from memory.errors import MemoryServiceError
 from memory.scripted import tool_call
 from test_ownership import tenant_md5
 
+SERVERS = ("pg18",)
+"""Version-independent: the embedded server only (conftest.pytest_generate_tests)."""
+
 TENANTS = ["acme", "acme-corp", "acme_corp", "acmeXcorp", "globex"]
 THREADS = ["t1", "t2"]
 

@@ -27,6 +27,9 @@ from memory import MemoryService
 from memory.serve import serve
 from memory.settings import MemorySettings
 
+SERVERS = ("pg18",)
+"""Version-independent: the embedded server only (conftest.pytest_generate_tests)."""
+
 ROOT = Path(__file__).resolve().parent.parent
 UTC = timezone.utc
 

@@ -40,6 +40,9 @@ from conftest import TEMPLATE
 from memory import MemoryService
 from memory.apikeys import Principal, authenticate, create_key, list_keys, revoke_key
 
+SERVERS = ("pg18",)
+"""Version-independent: the embedded server only (conftest.pytest_generate_tests)."""
+
 ROOT = Path(__file__).resolve().parent.parent
 HELD = "held"
 CAPPED = "capped"

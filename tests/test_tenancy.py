@@ -21,6 +21,9 @@ from memory import (
 )
 from memory.scripted import script, tool_call
 
+SERVERS = ("pg18",)
+"""Version-independent: the embedded server only (conftest.pytest_generate_tests)."""
+
 
 @dataclass
 class TenantContext:
