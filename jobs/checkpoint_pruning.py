@@ -63,6 +63,7 @@ from jobs import runs
 from jobs.registry import Job, plural
 from jobs.report import FAILED, JobReport
 from memory import sql
+from memory.db import translate
 from memory.errors import MemoryServiceError
 from memory.retention import refuse_held
 from memory.tenancy import validate_tenant_id
@@ -341,10 +342,8 @@ def prune_checkpoints(
                 full_pass_at = now if run.threads is None else None
                 run.fetch(sql.PRUNE_SET_MARK, {"job": JOB, "mark": mark, "full_pass_at": full_pass_at})
             return report
-    except psycopg.errors.UndefinedTable as exc:
-        raise PruneFailed(f"{JOB} failed: {runs.one_line(exc)}; run `memory db upgrade` to create the tables") from exc
     except psycopg.Error as exc:
-        raise PruneFailed(f"{JOB} failed: {runs.one_line(exc)}") from exc
+        raise PruneFailed(str(translate(exc, f"{JOB} failed"))) from exc
 
 
 def _start_mark(run: _Run, now: datetime, *, full: bool) -> str:

@@ -45,6 +45,7 @@ from jobs import runs
 from jobs.registry import Job, plural
 from jobs.report import FAILED, JobReport
 from memory import sql
+from memory.db import translate
 from memory.errors import MemoryServiceError
 from memory.retention import RetentionPolicy, refuse_held
 from memory.tenancy import MEMORY_SUFFIX, validate_tenant_id
@@ -123,12 +124,8 @@ def ttl_cleanup(
                 else:
                     cleanup.index_walk(statement, params, batch_size)
             return report
-    except psycopg.errors.UndefinedTable as exc:
-        raise CleanupFailed(
-            f"{JOB} failed: {runs.one_line(exc)}; run `memory db upgrade` to create the tables"
-        ) from exc
     except psycopg.Error as exc:
-        raise CleanupFailed(f"{JOB} failed: {runs.one_line(exc)}") from exc
+        raise CleanupFailed(str(translate(exc, f"{JOB} failed"))) from exc
 
 
 def choose_walk(conn: psycopg.Connection, policy: RetentionPolicy, now: datetime, blocks: int | None = None) -> str:

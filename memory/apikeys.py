@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 
 from memory import sql
+from memory.db import translate
 from memory.errors import MemoryServiceError
 from memory.tenancy import validate_tenant_id
 
@@ -87,9 +88,7 @@ def _row(row: Any) -> ApiKey:
 
 
 def _missing_table(exc: psycopg.Error) -> ApiKeyError:
-    if isinstance(exc, psycopg.errors.UndefinedTable):
-        return ApiKeyError("memory_api_keys does not exist; run `memory db upgrade` first")
-    return ApiKeyError(f"database error: {' '.join(str(exc).split())}")
+    return ApiKeyError(str(translate(exc, "API keys")))
 
 
 def create_key(conn: psycopg.Connection, tenant: str, *, name: str = "", admin: bool = False) -> tuple[ApiKey, str]:

@@ -463,7 +463,7 @@ def test_cli_runs_prune_checkpoints(svc, database_url):
 
     real = _memory("jobs", "run", "prune-checkpoints", "--tenant", "acme", url=database_url, **env)
     assert real.returncode == 0, real.stderr
-    assert "deleted 1 idle threads; trimmed 0 threads" in real.stdout
+    assert "deleted 1 idle thread; trimmed 0 threads" in real.stdout
     assert table_rows(database_url, "cli-old")["checkpoints"] == 0
 
     bad = _memory("jobs", "run", "prune-checkpoints", "--tenant", "a.b", url=database_url)

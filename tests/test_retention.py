@@ -592,7 +592,7 @@ def test_cli_runs_and_lists_the_job(database_url):
 
     one = _memory("jobs", "run", "ttl-cleanup", "--tenant", "globex", url=database_url)
     assert one.returncode == 0, one.stderr
-    assert "deleted 3 items" in one.stdout
+    assert "deleted 3 memory files" in one.stdout
     held = _memory("jobs", "run", "ttl-cleanup", "--json", url=database_url, MEMORY_RETENTION_LEGAL_HOLD='["acme"]')
     assert json.loads(held.stdout)["counts"]["items"] == 0
     assert len(_rows(database_url)) == 5
