@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from memory.embedded import PGDATA_DIRNAME
 
@@ -43,12 +48,21 @@ def test_demo_json_on_a_configured_database(database_url):
     assert_demo_ok(memory_cli("demo", "--json", MEMORY_DATABASE_URL=database_url))
 
 
-def test_demo_json_on_the_embedded_default(tmp_path):
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A data dir outside pytest's own temp root: another pytest session starting meanwhile makes that
+    root private again (0700), and the embedded server's user could no longer reach its files."""
+    path = Path(tempfile.mkdtemp(prefix="memory-demo-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_demo_json_on_the_embedded_default(data_dir):
     """No URL at all: the demo starts an embedded server under MEMORY_DATA_DIR and stops it on exit."""
-    done = memory_cli("demo", "--json", MEMORY_DATA_DIR=str(tmp_path))
+    done = memory_cli("demo", "--json", MEMORY_DATA_DIR=str(data_dir))
     assert_demo_ok(done)
 
-    pgdata = tmp_path / PGDATA_DIRNAME
+    pgdata = data_dir / PGDATA_DIRNAME
     assert (pgdata / "PG_VERSION").read_text().strip() == "18"
     assert not (pgdata / "postmaster.pid").exists(), "the embedded server is still running after the demo exited"
 
