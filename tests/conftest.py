@@ -91,6 +91,16 @@ def local_pg15() -> Iterator[PgServer]:
     pg.drop_database(TEMPLATE)
 
 
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A data dir for an embedded server of the test's own, outside pytest's temp root: another pytest
+    session starting meanwhile makes that root private again (0700), and the embedded server's user
+    could no longer reach its files."""
+    path = Path(tempfile.mkdtemp(prefix="memory-data-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 ALL_SERVERS = ("pg18", "pg15")
 
 

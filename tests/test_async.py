@@ -90,7 +90,7 @@ def test_amemory_usage_is_the_async_twin(database_url):
     assert "amemory_usage" in refused
 
 
-def test_aopen_blocks_nothing_on_the_event_loop(tmp_path, monkeypatch):
+def test_aopen_blocks_nothing_on_the_event_loop(data_dir, monkeypatch):
     """The embedded server's start and stop, and the reachability check, run off the loop's thread."""
     import threading
 
@@ -109,7 +109,7 @@ def test_aopen_blocks_nothing_on_the_event_loop(tmp_path, monkeypatch):
         monkeypatch.setattr(owner, name, watched)
 
     async def scenario():
-        async with MemoryService.aopen(data_dir=tmp_path, database_pool_max_size=2) as svc:
+        async with MemoryService.aopen(data_dir=data_dir, database_pool_max_size=2) as svc:
             try:
                 return await svc.amemory_usage()
             except MemoryServiceError as exc:  # not migrated: one of ours, naming the fix

@@ -27,12 +27,12 @@ def test_demo_json_on_a_configured_database(database_url):
     assert_demo_ok(memory_cli("demo", "--json", MEMORY_DATABASE_URL=database_url))
 
 
-def test_demo_json_on_the_embedded_default(tmp_path):
+def test_demo_json_on_the_embedded_default(data_dir):
     """No URL at all: the demo starts an embedded server under MEMORY_DATA_DIR and stops it on exit."""
-    done = memory_cli("demo", "--json", MEMORY_DATA_DIR=str(tmp_path))
+    done = memory_cli("demo", "--json", MEMORY_DATA_DIR=str(data_dir))
     assert_demo_ok(done)
 
-    pgdata = tmp_path / PGDATA_DIRNAME
+    pgdata = data_dir / PGDATA_DIRNAME
     assert (pgdata / "PG_VERSION").read_text().strip() == "18"
     assert not (pgdata / "postmaster.pid").exists(), "the embedded server is still running after the demo exited"
 
@@ -53,7 +53,7 @@ def test_missing_memory_config_is_one_error_line_and_exit_1(tmp_path):
     assert done.stderr.strip().splitlines() == [f"error: MEMORY_CONFIG points at {missing}, which does not exist"]
 
 
-def test_a_server_left_by_a_killed_process_is_reused_then_stopped(tmp_path):
+def test_a_server_left_by_a_killed_process_is_reused_then_stopped(data_dir):
     """kill -9 skips the holder's cleanup; the next command finds the server, uses it, and stops it."""
     import os
     import signal
@@ -63,7 +63,7 @@ def test_a_server_left_by_a_killed_process_is_reused_then_stopped(tmp_path):
 
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time\nfrom memory import MemoryService\n"
-         f"with MemoryService.open(data_dir={str(tmp_path)!r}, database_pool_max_size=1):\n"
+         f"with MemoryService.open(data_dir={str(data_dir)!r}, database_pool_max_size=1):\n"
          "    print('up', flush=True); time.sleep(600)\n"],
         cwd=REPO, stdout=subprocess.PIPE, text=True,
         env={k: v for k, v in os.environ.items() if not k.startswith("MEMORY_") and k != "DATABASE_URL"},
@@ -74,11 +74,11 @@ def test_a_server_left_by_a_killed_process_is_reused_then_stopped(tmp_path):
         holder.send_signal(signal.SIGKILL)
         holder.wait()
         holder.stdout.close()
-    pid_file = tmp_path / PGDATA_DIRNAME / "postmaster.pid"
+    pid_file = data_dir / PGDATA_DIRNAME / "postmaster.pid"
     assert pid_file.exists(), "the killed holder's server should still run"
     postmaster = int(pid_file.read_text().splitlines()[0])
 
-    done = memory_cli("db", "current", MEMORY_DATA_DIR=str(tmp_path))
+    done = memory_cli("db", "current", MEMORY_DATA_DIR=str(data_dir))
     assert done.returncode == 0, done.stderr
     assert not pid_file.exists(), "the next command left the orphaned server running"
     import psutil
