@@ -373,6 +373,7 @@ SELECT %(tenant)s, %(erased_at)s::timestamptz, %(counts)s::jsonb
 
 # -- tenants (memory/tenants.py) ---------------------------------------------------------------
 # A tenant's store rows: prefix = <tenant> || '.' || ...; %(like)s is the escaped tenant || '.%'.
+# Their "bytes" are content bytes (UTF-8), as in `memory_usage()`; quotas count whole values.
 _TENANT_ITEMS = r"prefix LIKE %(like)s ESCAPE '\'"
 # A tenant's checkpoint threads: those `memory_threads` says it owns (never a guess from metadata).
 _TENANT_THREADS = "SELECT thread_id FROM memory_threads WHERE tenant = %(tenant)s"
@@ -382,7 +383,7 @@ _TENANT_THREADS_BY_METADATA = "SELECT DISTINCT thread_id FROM checkpoints WHERE 
 TENANT_LIST = """
 WITH items AS (
     SELECT split_part(prefix, '.', 1) AS tenant, count(*) AS items,
-           sum(octet_length(value::text)) AS bytes, max(updated_at) AS last_write
+           sum(octet_length(value->>'content')) AS bytes, max(updated_at) AS last_write
       FROM store GROUP BY 1
 ), threads AS (
     SELECT t.tenant, count(DISTINCT t.thread_id) AS threads, count(c.thread_id) AS checkpoints,
@@ -396,7 +397,7 @@ SELECT coalesce(i.tenant, t.tenant) AS tenant, coalesce(i.items, 0) AS items, co
  ORDER BY coalesce(i.tenant, t.tenant) COLLATE "C"
 """
 TENANT_ITEM_STATS = f"""
-SELECT count(*) AS items, coalesce(sum(octet_length(value::text)), 0) AS bytes, max(updated_at) AS last_write
+SELECT count(*) AS items, coalesce(sum(octet_length(value->>'content')), 0) AS bytes, max(updated_at) AS last_write
   FROM store WHERE {_TENANT_ITEMS}
 """
 TENANT_THREAD_STATS = """

@@ -63,6 +63,8 @@ def test_list_and_stats(service):
     assert set(listed) == {"acme", "glo_bex", "gloXbex"}
     acme = stats(service, "acme")
     assert (acme.items, acme.threads) == (4, 2) and acme.checkpoints > 2 and acme.bytes > 0 and acme.last_write
+    usage = {u.tenant: u.bytes for u in service.memory_usage()}
+    assert acme.bytes == usage["acme"]  # one meaning of "bytes": content bytes, as memory_usage() counts them
     assert listed["acme"] == acme
     with pytest.raises(InvalidTenantId, match="contains '%'"):
         stats(service, "a%")
