@@ -28,9 +28,12 @@ set back by `MARK_MARGIN` to cover writers' clocks and checkpoints committed lat
 with nothing new costs a few index probes at any table size. A full pass over every thread is
 made on the first run, with `full=True` (`memory jobs run prune-checkpoints --full`), and when
 the last one is older than `full_pass_days`: it finds what no new checkpoint points at (orphans
-of a crashed delete, threads trimmed with a new `keep_latest`). Pass 1 is always whole: it
-walks the ts index, whose old end is what it deletes. Only a successful run of all three passes
-over every tenant moves the mark; a dry run or a one-tenant run leaves it.
+of a crashed delete, threads trimmed with a new `keep_latest`). Pass 1 is incremental too: it
+walks the ts index from the last run's cutoff (less `MARK_MARGIN`, its own mark `IDLE_MARK`) to
+this run's, since every thread idle before that was deleted then; rows only a full pass finds
+are threads whose legal hold was lifted or that got an owner since, and threads imported with
+old checkpoints. Only a successful run of all three passes over every tenant moves the marks; a
+dry run or a one-tenant run leaves them.
 
 Threads of tenants under legal hold (by their owner in `memory_threads`) and threads nobody owns
 are never touched; `tenant` limits every pass to one tenant's threads (a held one is refused;
@@ -69,6 +72,8 @@ from memory.retention import refuse_held
 from memory.tenancy import validate_tenant_id
 
 JOB = "prune_checkpoints"
+IDLE_MARK = f"{JOB}.idle"
+"""The idle pass's own mark (a row of `memory_job_watermarks`): the last run's cutoff, less `MARK_MARGIN`."""
 DEFAULT_THREAD_BATCH_SIZE = 1000
 """Idle threads deleted per statement (a deep-agent thread holds tens of rows per turn)."""
 
@@ -248,6 +253,10 @@ class _Run:
     on_batch: Callable[[JobReport], None] | None
     threads: list[str] | None = None
     """The threads the trim and orphan passes look at: None for every thread (a full pass)."""
+    idle_floor: str | None = None
+    """Where an incremental idle pass starts along the ts index (None: a full pass, from the start)."""
+    idle_cutoff: datetime | None = None
+    """This run's idle cutoff, once its idle pass has run."""
     idle: set[str] = field(default_factory=set)
     """Threads the idle pass took (in a dry run still there: the trim pass leaves them out)."""
     held: set[str] = field(default_factory=set)
@@ -341,6 +350,9 @@ def prune_checkpoints(
             if not dry_run and tenant is None and set(passes) == set(PASSES) and report.status != FAILED:
                 full_pass_at = now if run.threads is None else None
                 run.fetch(sql.PRUNE_SET_MARK, {"job": JOB, "mark": mark, "full_pass_at": full_pass_at})
+                if run.idle_cutoff is not None:
+                    idle_mark = _ts(run.idle_cutoff - MARK_MARGIN)
+                    run.fetch(sql.PRUNE_SET_MARK, {"job": IDLE_MARK, "mark": idle_mark, "full_pass_at": full_pass_at})
             return report
     except psycopg.Error as exc:
         raise PruneFailed(str(translate(exc, f"{JOB} failed"))) from exc
@@ -359,6 +371,8 @@ def _start_mark(run: _Run, now: datetime, *, full: bool) -> str:
         run.report.bump("full_pass")
         return mark
     run.threads = [row["thread_id"] for row in run.fetch(sql.PRUNE_CHANGED_THREADS, {"mark": last["mark"], "tenant": run.tenant})]
+    idle = run.fetch(sql.PRUNE_MARK, {"job": IDLE_MARK})
+    run.idle_floor = idle[0]["mark"] if idle else None
     run.report.bump("changed_threads", len(run.threads))
     return mark
 
@@ -374,10 +388,12 @@ def _ts(moment: datetime) -> str:
 def _delete_idle_threads(run: _Run, now: datetime) -> None:
     if run.policy.idle_days <= 0:
         return
-    cutoff = _ts(now - timedelta(days=run.policy.idle_days))
+    run.idle_cutoff = now - timedelta(days=run.policy.idle_days)
+    cutoff = _ts(run.idle_cutoff)
+    floor = run.idle_floor  # at or past the cutoff (idle_days raised): nothing new can be idle
     idle = [
         (row["thread_id"], _tenant_of(row["tenants"]))
-        for row in run.fetch(sql.PRUNE_IDLE_THREADS, {"cutoff": cutoff, "tenant": run.tenant})
+        for row in run.fetch(sql.PRUNE_IDLE_THREADS, {"cutoff": cutoff, "tenant": run.tenant, "floor": floor})
         if not run.held_back(row["thread_id"], row["tenants"])
     ]
     statement = sql.PRUNE_COUNT_IDLE if run.dry_run else sql.PRUNE_DELETE_IDLE

@@ -165,9 +165,10 @@ SELECT 1
 # - index: along idx_store_expires_at, `batch_size` rows at a time in (expires_at, prefix, key)
 #   order; used when few rows have expired, so a run costs what expired, not the table.
 
+# (Each batch is planned with its values: with no tenant and nobody held, both tests fold away.)
 _TTL_SCOPE = """
    AND (%(tenant)s::text IS NULL OR split_part(s.prefix, '.', 1) = %(tenant)s::text)
-   AND split_part(s.prefix, '.', 1) <> ALL (%(held)s::text[])"""
+   AND (cardinality(%(held)s::text[]) = 0 OR split_part(s.prefix, '.', 1) <> ALL (%(held)s::text[]))"""
 
 # Expired by the row's own expires_at (set on write from the policy, any namespace).
 _TTL_EXPIRED = "s.expires_at <= %(now)s"
@@ -240,6 +241,10 @@ _TTL_INDEX_POSITION = """,
 _TTL_HEAP_COUNTS = """
 SELECT prefix, count(*) AS items, count(*) FILTER (WHERE by_expiry) AS by_expiry, 0 AS vectors FROM items GROUP BY prefix"""
 
+# Without a policy every row a batch takes is expired by its own expires_at: by_expiry = items.
+_TTL_HEAP_EXPIRY_COUNTS = """
+SELECT prefix, count(*) AS items, count(*) AS by_expiry, 0 AS vectors FROM items GROUP BY prefix"""
+
 _TTL_HEAP_VECTOR_COUNTS = """
  UNION ALL
 SELECT prefix, 0, 0, count(*) FROM vectors GROUP BY prefix"""
@@ -252,16 +257,24 @@ def _ttl_batch(walk: str, *, policy: bool, dry_run: bool, vectors: bool) -> str:
         head, where = "WITH", f"{_TTL_HEAP_RANGE}\n       AND {criterion}{_TTL_SCOPE}"
     else:
         head, where = "WITH" + _TTL_INDEX_BATCH, f"s.ctid = ANY(ARRAY(SELECT row_id FROM batch))\n       AND {criterion}{_TTL_SCOPE}"
-    returning = f"s.prefix, s.key, coalesce({_TTL_EXPIRED}, false) AS by_expiry"
+    # What the counts need, no more (RETURNING materializes every deleted row): the prefix (its
+    # tenant), whether the row's own expiry took it (the heap walk without a policy takes no
+    # other), the key only to find the row's vectors.
+    returning = "s.prefix"
+    if policy or walk == "index":
+        returning += f", coalesce({_TTL_EXPIRED}, false) AS by_expiry"
+    if vectors:
+        returning += ", s.key"
     if dry_run:
         items = f"\nitems AS (\n    SELECT {returning} FROM store s\n     WHERE {where}\n)"
     else:
         items = f"\nitems AS (\n    DELETE FROM store s\n     WHERE {where}\n    RETURNING {returning}\n)"
     if walk == "heap":  # rows of (prefix, items, by_expiry, vectors): a namespace's rows share a tenant
+        counts = _TTL_HEAP_COUNTS if policy else _TTL_HEAP_EXPIRY_COUNTS
         if not vectors:
-            return head + items + _TTL_HEAP_COUNTS + "\n"
+            return head + items + counts + "\n"
         vector_part = _TTL_COUNT_VECTORS if dry_run else _TTL_DELETE_VECTORS
-        return head + items + "," + vector_part + _TTL_HEAP_COUNTS + _TTL_HEAP_VECTOR_COUNTS + "\n"
+        return head + items + "," + vector_part + counts + _TTL_HEAP_VECTOR_COUNTS + "\n"
     vector_part = (_TTL_COUNT_VECTORS if dry_run else _TTL_DELETE_VECTORS) if vectors else _TTL_NO_VECTORS
     return head + items + "," + vector_part + _TTL_PER_TENANT + _TTL_INDEX_POSITION
 
@@ -581,11 +594,14 @@ _PRUNE_IN_TENANT = "(%(tenant)s::text IS NULL OR o.tenant = %(tenant)s)"
 _PRUNE_IN_THREADS = "(%(threads)s::text[] IS NULL OR c.thread_id = ANY(%(threads)s::text[]))"
 
 # Idle threads: threads with old rows (the ts index), then per thread: none at or after the cutoff.
+# `floor` (NULL: none) narrows the old rows to those at or after it: an incremental run looks
+# only at what became old since the last run's cutoff (the older end was dealt with then).
 PRUNE_IDLE_THREADS = f"""
 SELECT old.thread_id, old.tenants
   FROM (SELECT c.thread_id, array_agg(DISTINCT {_PRUNE_ROW_TENANT}) AS tenants
           FROM checkpoints c {_PRUNE_OWNED}
          WHERE (c.checkpoint->>'ts') < %(cutoff)s AND {_PRUNE_IN_TENANT}
+           AND (%(floor)s::text IS NULL OR (c.checkpoint->>'ts') >= %(floor)s::text)
          GROUP BY c.thread_id) AS old
   LEFT JOIN LATERAL (SELECT 1 AS live FROM checkpoints n
                       WHERE n.thread_id = old.thread_id AND (n.checkpoint->>'ts') >= %(cutoff)s

@@ -17,7 +17,7 @@ from langgraph.graph import START, StateGraph
 from typing_extensions import TypedDict
 
 from jobs import runs
-from jobs.checkpoint_pruning import JOB, CheckpointRow, PrunePolicy, prune_checkpoints, trim_plan
+from jobs.checkpoint_pruning import IDLE_MARK, JOB, CheckpointRow, PrunePolicy, prune_checkpoints, trim_plan
 from memory import MemoryService
 from memory.scripted import tool_call
 from helpers import deep_agent
@@ -525,6 +525,31 @@ def test_a_full_pass_comes_round_every_full_pass_days(svc, database_url):
     assert prune(database_url, policy, now=now + timedelta(days=6)).counts["full_pass"] == 0
     assert prune(database_url, policy, now=now + timedelta(days=8)).counts["full_pass"] == 1
     assert prune(database_url, PrunePolicy(idle_days=0, keep_latest=3, full_pass_days=0)).counts["full_pass"] == 1
+
+
+def test_the_idle_pass_looks_only_at_what_became_idle_since_the_last_run(svc, database_url):
+    policy = PrunePolicy(idle_days=30, keep_latest=100)
+    turns(svc, "live", "acme", 1)
+    assert prune(database_url, policy).counts["full_pass"] == 1  # sets the idle mark: its cutoff
+    with connect(database_url) as conn:
+        now = conn.execute("SELECT now()").fetchone()[0]
+    turns(svc, "imported-old", "acme", 1)  # checkpoints older than the last run's cutoff: a full pass finds them
+    age_thread(database_url, "imported-old", 90)
+    turns(svc, "went-idle", "globex", 1)  # idle since the last run's cutoff: any run finds it
+    age_thread(database_url, "went-idle", 29)
+
+    later = prune(database_url, policy, now=now + timedelta(days=2))
+    assert (later.counts["full_pass"], later.counts["idle_threads"]) == (0, 1)
+    assert set(later.tenant_counts) == {"globex"}
+    assert table_rows(database_url, "went-idle")["checkpoints"] == 0
+    assert table_rows(database_url, "imported-old")["checkpoints"] > 0
+    with connect(database_url) as conn:
+        assert conn.execute(MARK, {"job": IDLE_MARK}).fetchone()[0] > (now - timedelta(days=29)).isoformat()
+
+    full = prune(database_url, policy, now=now + timedelta(days=2), full=True)
+    assert (full.counts["full_pass"], full.counts["idle_threads"]) == (1, 1)
+    assert table_rows(database_url, "imported-old")["checkpoints"] == 0
+    assert table_rows(database_url, "live")["checkpoints"] > 0
 
 
 def test_dry_one_tenant_and_partial_runs_leave_the_mark(svc, database_url):
