@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 from psycopg.types.json import Jsonb
 
-from memory import MemoryService, sql
+from bench import sql as bench_sql
+from memory import MemoryService
 from memory.db import connection
 from memory.tenancy import tenant_namespace
 
@@ -56,10 +57,10 @@ def load(svc: MemoryService, tenants: list[str], files: int, dirs: int) -> int:
     start = datetime.now(UTC) - timedelta(days=1)
     count = 0
     with connection(svc.pool) as conn:
-        with conn.cursor() as cursor, cursor.copy(sql.BENCH_COPY_STORE) as copy:
+        with conn.cursor() as cursor, cursor.copy(bench_sql.BENCH_COPY_STORE) as copy:
             for offset, tenant in enumerate(tenants):
                 for row in rows(tenant, files, dirs, start + timedelta(hours=offset)):
                     copy.write_row(row)
                     count += 1
-        conn.execute(sql.BENCH_ANALYZE_STORE)
+        conn.execute(bench_sql.BENCH_ANALYZE_STORE)
     return count

@@ -17,7 +17,8 @@ from typing import Any
 import psycopg
 from psycopg import sql as pgsql
 
-from memory import MemoryService, sql
+from bench import sql as bench_sql
+from memory import MemoryService
 from memory.db import with_dbname
 
 RESULTS_PATH = Path(__file__).parent / "results.json"
@@ -88,7 +89,7 @@ class Context:
         (`overrides`: settings fields, e.g. quota limits)."""
         dbname = f"bench_{label}_{uuid.uuid4().hex[:8]}"
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(pgsql.SQL(sql.BENCH_CREATE_DATABASE).format(pgsql.Identifier(dbname)))
+            conn.execute(pgsql.SQL(bench_sql.BENCH_CREATE_DATABASE).format(pgsql.Identifier(dbname)))
         try:
             with MemoryService.open(
                 database_url=with_dbname(self.admin_url, dbname), database_pool_max_size=4, **overrides
@@ -97,13 +98,13 @@ class Context:
                 yield svc
         finally:
             with psycopg.connect(self.admin_url, autocommit=True) as conn:
-                conn.execute(pgsql.SQL(sql.BENCH_DROP_DATABASE).format(pgsql.Identifier(dbname)))
+                conn.execute(pgsql.SQL(bench_sql.BENCH_DROP_DATABASE).format(pgsql.Identifier(dbname)))
 
     @contextmanager
     def database(self, label: str, template: str | None = None) -> Iterator[str]:
         """A scratch database's name (a copy of database `template` when given), dropped afterwards."""
         name = f"bench_{label}_{uuid.uuid4().hex[:8]}"
-        statement = sql.BENCH_CREATE_DATABASE_FROM if template else sql.BENCH_CREATE_DATABASE
+        statement = bench_sql.BENCH_CREATE_DATABASE_FROM if template else bench_sql.BENCH_CREATE_DATABASE
         names = [pgsql.Identifier(name)] + ([pgsql.Identifier(template)] if template else [])
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             conn.execute(pgsql.SQL(statement).format(*names))
@@ -111,7 +112,7 @@ class Context:
             yield name
         finally:
             with psycopg.connect(self.admin_url, autocommit=True) as conn:
-                conn.execute(pgsql.SQL(sql.BENCH_DROP_DATABASE).format(pgsql.Identifier(name)))
+                conn.execute(pgsql.SQL(bench_sql.BENCH_DROP_DATABASE).format(pgsql.Identifier(name)))
 
     def url(self, dbname: str) -> str:
         return with_dbname(self.admin_url, dbname)

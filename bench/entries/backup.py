@@ -30,7 +30,8 @@ import psycopg
 from psycopg.rows import dict_row
 
 from bench.harness import Context, Entry, Measurement
-from memory import MemoryService, sql
+from bench import sql as bench_sql
+from memory import MemoryService
 from memory.backup import create_backup
 from memory.pgtools import PgTool, find_tool
 from memory.tenants import export_tenant
@@ -65,10 +66,10 @@ def _load(svc: MemoryService, tenants: int, items: int, threads: int, checkpoint
     """`tenants` tenants of `items` files and `threads` x `checkpoints` checkpoints each, then VACUUM ANALYZE."""
     params = {"tenants": tenants, "items": items, "threads": threads, "checkpoints": checkpoints}
     with psycopg.connect(svc.database_url, autocommit=True) as conn:
-        conn.execute(sql.BENCH_TENANT_LOAD_ITEMS, params)
-        for load in (sql.BENCH_TENANT_LOAD_CHECKPOINTS, sql.BENCH_TENANT_LOAD_BLOBS, sql.BENCH_TENANT_LOAD_WRITES):
+        conn.execute(bench_sql.BENCH_TENANT_LOAD_ITEMS, params)
+        for load in (bench_sql.BENCH_TENANT_LOAD_CHECKPOINTS, bench_sql.BENCH_TENANT_LOAD_BLOBS, bench_sql.BENCH_TENANT_LOAD_WRITES):
             conn.execute(load, params)
-        conn.execute(sql.BENCH_VACUUM_ANALYZE)
+        conn.execute(bench_sql.BENCH_VACUUM_ANALYZE)
 
 
 def _pg_dump_for(url: str) -> PgTool:

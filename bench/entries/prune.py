@@ -33,8 +33,9 @@ from langgraph.checkpoint.postgres import PostgresSaver
 from psycopg.rows import dict_row
 
 from bench.harness import Context, Entry, Measurement
+from bench import sql as bench_sql
 from jobs.checkpoint_pruning import DEFAULT_THREAD_BATCH_SIZE, PASSES, PrunePolicy, prune_checkpoints
-from memory import MemoryService, sql
+from memory import MemoryService
 
 IDLE_THREADS = Entry(
     "prune_idle_threads_1m",
@@ -74,10 +75,10 @@ def _load(url: str, threads: int) -> dict[str, int]:
     with MemoryService.open(database_url=url, database_pool_min_size=1, database_pool_max_size=2) as svc:
         svc.setup()
     with psycopg.connect(url, autocommit=True) as conn:
-        for statement in sql.BENCH_PRUNE_LOAD:
+        for statement in bench_sql.BENCH_PRUNE_LOAD:
             conn.execute(statement, {"threads": threads, "per_thread": PER_THREAD})
-        conn.execute(sql.BENCH_PRUNE_ANALYZE)
-        return conn.cursor(row_factory=dict_row).execute(sql.BENCH_PRUNE_COUNTS).fetchone()
+        conn.execute(bench_sql.BENCH_PRUNE_ANALYZE)
+        return conn.cursor(row_factory=dict_row).execute(bench_sql.BENCH_PRUNE_COUNTS).fetchone()
 
 
 def _ours(url: str, passes: tuple[str, ...] = ("idle",)) -> tuple[float, int]:
@@ -92,7 +93,7 @@ def _baseline(url: str) -> tuple[float, int]:
     with psycopg.connect(url, autocommit=True) as conn:
         saver = PostgresSaver(conn)
         started = time.perf_counter()
-        idle = [row[0] for row in conn.execute(sql.BENCH_PRUNE_BASELINE_SELECT, {"cutoff": cutoff})]
+        idle = [row[0] for row in conn.execute(bench_sql.BENCH_PRUNE_BASELINE_SELECT, {"cutoff": cutoff})]
         for thread_id in idle:
             saver.delete_thread(thread_id)
         return time.perf_counter() - started, len(idle)
@@ -100,7 +101,7 @@ def _baseline(url: str) -> tuple[float, int]:
 
 def _remaining(url: str) -> dict[str, int]:
     with psycopg.connect(url, autocommit=True) as conn:
-        return conn.cursor(row_factory=dict_row).execute(sql.BENCH_PRUNE_COUNTS).fetchone()
+        return conn.cursor(row_factory=dict_row).execute(bench_sql.BENCH_PRUNE_COUNTS).fetchone()
 
 
 def run(ctx: Context, entries: list[Entry]) -> Iterator[Measurement]:

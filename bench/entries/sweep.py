@@ -30,8 +30,9 @@ import psycopg
 from langgraph.store.postgres import PostgresStore
 
 from bench.harness import Context, Entry, Measurement
+from bench import sql as bench_sql
 from jobs.ttl_cleanup import DEFAULT_BATCH_SIZE, ttl_cleanup
-from memory import MemoryService, sql
+from memory import MemoryService
 from memory.db import CONNECTION_KWARGS
 from memory.retention import RetentionPolicy
 
@@ -126,8 +127,8 @@ def _load(ctx: Context, dbname: str, rows: int) -> None:
     with MemoryService.open(database_url=ctx.url(dbname), database_pool_min_size=1, database_pool_max_size=2) as svc:
         svc.setup()
     with psycopg.connect(ctx.url(dbname), autocommit=True) as conn:
-        conn.execute(sql.BENCH_SWEEP_LOAD, {"rows": rows, "tenants": TENANTS})
-        conn.execute(sql.BENCH_VACUUM_STORE)
+        conn.execute(bench_sql.BENCH_SWEEP_LOAD, {"rows": rows, "tenants": TENANTS})
+        conn.execute(bench_sql.BENCH_VACUUM_STORE)
 
 
 def _ours(url: str) -> tuple[float, int, int]:

@@ -29,7 +29,7 @@ from psycopg import sql as pgsql
 
 from bench.entries.backup import CHECKPOINTS_PER_THREAD, ITEMS_PER_TENANT, THREADS_PER_TENANT, _load
 from bench.harness import Context, Entry, Measurement
-from memory import sql
+from bench import sql as bench_sql
 from memory.backup import create_backup, restore_backup
 from memory.db import with_dbname
 from memory.tenant_restore import restore_tenant
@@ -104,14 +104,14 @@ def run(ctx: Context, entries: list[Entry]) -> Iterator[Measurement]:
         def baseline() -> None:
             name = f"bench_full_restore_{uuid.uuid4().hex[:8]}"
             with psycopg.connect(ctx.admin_url, autocommit=True) as conn:
-                conn.execute(pgsql.SQL(sql.BENCH_CREATE_DATABASE).format(pgsql.Identifier(name)))
+                conn.execute(pgsql.SQL(bench_sql.BENCH_CREATE_DATABASE).format(pgsql.Identifier(name)))
             try:
                 start = time.perf_counter()
                 restore_backup(archive, with_dbname(ctx.admin_url, name))
                 durations.append(time.perf_counter() - start)
             finally:
                 with psycopg.connect(ctx.admin_url, autocommit=True) as conn:
-                    conn.execute(pgsql.SQL(sql.BENCH_DROP_DATABASE).format(pgsql.Identifier(name)))
+                    conn.execute(pgsql.SQL(bench_sql.BENCH_DROP_DATABASE).format(pgsql.Identifier(name)))
 
         ctx.progress(f"timing {RESTORE.name} (with a put/get client on other tenants) ...")
         ours_times, baseline_times, busy, idle = [], [], [], []
