@@ -5,14 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from deepagents.backends import CompositeBackend, StateBackend
-from deepagents.backends.protocol import BackendProtocol
 from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
 
 from memory import migrations, quotas, usage
-from memory.backend import TenantMemoryBackend
 from memory.db import aconnection, aopen_pool, connection, db_errors, open_pool
 from memory.embedded import EmbeddedPostgres
 from memory.errors import MemoryServiceError
@@ -21,6 +18,12 @@ from memory.saver import AsyncTenantPostgresSaver, TenantPostgresSaver
 from memory.settings import MemorySettings
 from memory.tenancy import TenantResolver
 from memory.vectors import index_config
+
+if TYPE_CHECKING:  # deepagents (and memory.backend on it) load on first use: the CLI's commands never need them
+    from deepagents.backends import CompositeBackend
+    from deepagents.backends.protocol import BackendProtocol
+
+    from memory.backend import TenantMemoryBackend
 
 MEMORY_ROUTE = "/memories/"
 
@@ -153,10 +156,14 @@ class MemoryService:
 
     def memory_backend(self) -> TenantMemoryBackend:
         """The bare tenant backend (keys without the `/memories` prefix)."""
+        from memory.backend import TenantMemoryBackend
+
         return TenantMemoryBackend(store=self.store, resolver=self.resolver, policy=self.policy)
 
     def backend(self, default: BackendProtocol | None = None) -> CompositeBackend:
         """`default` (a `StateBackend` when None) with `/memories/` routed to the tenant backend."""
+        from deepagents.backends import CompositeBackend, StateBackend
+
         return CompositeBackend(default=default or StateBackend(), routes={MEMORY_ROUTE: self.memory_backend()})
 
     def system_prompt(self, base: str | None = None) -> str:

@@ -7,8 +7,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from langchain_core.runnables.config import var_child_runnable_config
-
 from memory.errors import InvalidTenantId, TenantError, TenantNotResolved
 
 CONFIG_KEY_RUNTIME = "__pregel_runtime"
@@ -70,10 +68,18 @@ def resolve_scope_value(key: str, config: Mapping[str, Any] | None, context: Any
     )
 
 
+def _run_config() -> Any:
+    """LangChain's context variable holding the current run's config. Imported on first use: loading
+    langchain_core costs about a second, which the CLI's job and admin commands never need."""
+    from langchain_core.runnables.config import var_child_runnable_config
+
+    return var_child_runnable_config
+
+
 def resolve_run_tenant(config: Mapping[str, Any] | None = None, key: str = "assistant_id") -> str:
     """The tenant of a checkpointer call: its config (metadata, configurable, the runtime context),
     else the ambient run or `bind_tenant` block; with none, `TenantNotResolved`."""
-    ambient = var_child_runnable_config.get()
+    ambient = _run_config().get()
     for candidate in (config, ambient):
         if not candidate:
             continue
@@ -104,7 +110,7 @@ class TenantResolver:
 
     def current_namespace(self, runtime: Any = None) -> tuple[str, ...]:
         """Resolve from the active LangGraph run (or a `bind_tenant` block)."""
-        config = var_child_runnable_config.get()
+        config = _run_config().get()
         context = getattr(runtime, "context", None)
         return self.namespace_for(config, context)
 
@@ -114,11 +120,12 @@ def bind_tenant(assistant_id: str, **extra_scope: str) -> Iterator[None]:
     """Run backend calls outside an agent as one tenant (scripts, CLI tooling, tests)."""
     metadata = {"assistant_id": validate_tenant_id(assistant_id)}
     metadata.update({key: validate_tenant_id(value, key) for key, value in extra_scope.items()})
-    token = var_child_runnable_config.set({"metadata": metadata, "configurable": {}})
+    run_config = _run_config()
+    token = run_config.set({"metadata": metadata, "configurable": {}})
     try:
         yield
     finally:
-        var_child_runnable_config.reset(token)
+        run_config.reset(token)
 
 
 # -- namespaces from outside (the Store API) -----------------------------------------------------

@@ -104,11 +104,18 @@ def data_dir() -> Iterator[Path]:
 ALL_SERVERS = ("pg18", "pg15")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "servers(*names): the servers a `pg_server` test runs on (default: the module's SERVERS)")
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """`pg_server` tests run on both servers when their SQL is what they test; a module whose tests do
-    not depend on the server's version says `SERVERS = ("pg18",)` and runs on the embedded one only."""
+    not depend on the server's version says `SERVERS = ("pg18",)` and runs on the embedded one only, and
+    a test says `@pytest.mark.servers("pg18")` (a CLI test whose SQL the library tests cover on both)."""
     if "pg_server" in metafunc.fixturenames:
-        metafunc.parametrize("pg_server", getattr(metafunc.module, "SERVERS", ALL_SERVERS), indirect=True)
+        marker = metafunc.definition.get_closest_marker("servers")
+        servers = marker.args if marker else getattr(metafunc.module, "SERVERS", ALL_SERVERS)
+        metafunc.parametrize("pg_server", servers, indirect=True)
 
 
 @pytest.fixture

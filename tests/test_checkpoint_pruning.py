@@ -449,6 +449,7 @@ def test_passes_run_only_what_is_asked(svc, database_url):
     assert (only_idle.counts["idle_threads"], only_idle.counts["trimmed_threads"]) == (1, 0)
 
 
+@pytest.mark.servers("pg18")  # CLI wiring; the library tests cover its SQL on both servers
 def test_cli_runs_prune_checkpoints(svc, database_url):
     turns(svc, "cli-old", "acme", 1)
     age_thread(database_url, "cli-old", 45)
@@ -562,6 +563,7 @@ def test_dry_one_tenant_and_partial_runs_leave_the_mark(svc, database_url):
     assert mark(database_url) is not None
 
 
+@pytest.mark.servers("pg18")  # CLI wiring; the library tests cover its SQL on both servers
 def test_cli_full_pass(svc, database_url):
     turns(svc, "cli", "acme", 1)
     first = _memory("jobs", "run", "prune-checkpoints", "--json", url=database_url)

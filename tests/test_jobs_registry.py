@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from jobs import registry
 from jobs.scheduler import job_runners, scheduled_jobs
+from memory import cli
 from memory.cli import JOB_NAMES, app
 from memory.settings import MemorySettings
 
@@ -50,11 +51,12 @@ def test_every_job_is_one_registry_entry_scheduled_by_its_key():
 
 
 def _cli(args: list[str], database_url: str, tmp_path: Path):
-    env = {"MEMORY_DATABASE_URL": database_url, "MEMORY_BACKUP_DIR": str(tmp_path), "COLUMNS": "300"}
+    env = {"MEMORY_DATABASE_URL": database_url, "MEMORY_BACKUP_DIR": str(tmp_path)}
     return CliRunner().invoke(app, args, env=env)
 
 
-def test_each_job_reports_in_its_own_words(database_url, tmp_path):
+def test_each_job_reports_in_its_own_words(database_url, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli.console, "width", 300)  # wide tables whatever COLUMNS was at import (xdist sets 80)
     backup = _cli(["jobs", "run", "backup"], database_url, tmp_path)
     assert backup.exit_code == 0, backup.output
     (dump,) = tmp_path.glob("*.dump")

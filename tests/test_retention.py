@@ -581,6 +581,7 @@ def _memory(*args: str, url: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.servers("pg18")  # CLI wiring; the library tests cover its SQL on both servers
 def test_cli_runs_and_lists_the_job(database_url):
     with _connect(database_url) as conn:
         conn.execute(INSERT_EXPIRED, {"prefix": "acme.memories", "count": 5})

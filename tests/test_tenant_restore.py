@@ -115,6 +115,7 @@ def test_an_erased_tenant_cannot_be_restored_under_its_own_name(service, tmp_pat
     assert json.loads(done.output)["imported"]["items_inserted"] == 2
 
 
+@pytest.mark.servers("pg18")  # CLI wiring; the library tests cover its SQL on both servers
 def test_cli_without_yes_and_without_a_terminal_refuses_showing_the_counts(service, tmp_path, monkeypatch):
     populate(service)
     manifest = create_backup(service.database_url, tmp_path)

@@ -261,6 +261,7 @@ def test_bad_bundle_is_refused_with_nothing_changed(service, tmp_path, damage, m
     assert checksums(service) == before
 
 
+@pytest.mark.servers("pg18")  # CLI wiring; the library tests cover its SQL on both servers
 def test_cli_tenant_commands(service, tmp_path):
     populate(service)
     env = {"MEMORY_DATABASE_URL": service.database_url}
@@ -290,6 +291,7 @@ def test_cli_tenant_commands(service, tmp_path):
     assert bad_mode.exit_code == 1 and "--mode 'overwrite'" in bad_mode.output
 
 
+@pytest.mark.servers("pg18")  # CLI wiring; the library tests cover its SQL on both servers
 def test_cli_progress_bars_on_a_terminal_and_pure_json_with_json(service, tmp_path, monkeypatch):
     from rich.console import Console
 
