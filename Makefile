@@ -2,6 +2,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_WORKERS ?= 2
+# Test processes, each with its own embedded server and template database (tests/conftest.py).
 
 .PHONY: demo test bench bench-quick clean
 
@@ -15,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/memory demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
