@@ -896,7 +896,7 @@ def tenant_import(
         with _open_service() as svc, connection(svc.pool) as conn, _Progress(as_json) as step:
             report = import_tenant(
                 conn, Path(file), as_tenant=as_tenant, mode=mode, dry_run=dry_run,
-                legal_hold=svc.policy.legal_hold, on_step=step,
+                legal_hold=svc.policy.legal_hold, embed=svc.embedder(), on_step=step,
             )
     except MemoryServiceError as exc:
         fail(exc)
@@ -907,7 +907,8 @@ def tenant_import(
     removed = f"removed {sum(report.removed.values())} rows first; " if report.removed else ""
     console.print(
         f"{verb} {report.source_tenant} as {report.tenant} ({report.mode}): {removed}items {report.items_inserted} new, "
-        f"{report.items_updated} updated, {report.items_kept} kept (newer here); {report.vectors} vectors; "
+        f"{report.items_updated} updated, {report.items_kept} kept (newer here); {report.vectors + report.vectors_embedded} vectors"
+        f"{f' ({report.vectors_embedded} embedded here)' if report.vectors_embedded else ''}; "
         f"{report.threads} threads, {report.checkpoints_inserted} new checkpoints",
         markup=False, highlight=False, soft_wrap=True,
     )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+import functools
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +18,7 @@ from memory.prompt import with_memory_conventions
 from memory.saver import AsyncTenantPostgresSaver, TenantPostgresSaver
 from memory.settings import MemorySettings
 from memory.tenancy import TenantResolver
-from memory.vectors import index_config
+from memory.vectors import embed_value, index_config
 
 if TYPE_CHECKING:  # deepagents (and memory.backend on it) load on first use: the CLI's commands never need them
     from deepagents.backends import CompositeBackend
@@ -168,6 +169,12 @@ class MemoryService:
 
     def system_prompt(self, base: str | None = None) -> str:
         return with_memory_conventions(base, self.settings.prompt_conventions or None)
+
+    def embedder(self) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+        """Embeds an item value with the store's own index (its vector parameters); None without `[index]`."""
+        if not getattr(self.store, "index_config", None):
+            return None
+        return functools.partial(embed_value, self.store)
 
     # -- inventory ------------------------------------------------------------------------
 

@@ -222,6 +222,7 @@ def export_tenant(conn: psycopg.Connection, tenant: str, out: Path | BinaryIO, *
         "created_at": datetime.now(timezone.utc).isoformat(),
         "schema_revision": revision,
         "threads": len({r["thread_id"] for r in sections["checkpoints"]}),
+        "indexed": vectors,
         "erasures": erasures,
         "sections": {
             name: {"rows": len(sections[name]), "sha256": hashlib.sha256(payloads[name]).hexdigest()}
@@ -415,6 +416,7 @@ class ImportReport:
     items_kept: int = 0
     vectors: int = 0
     vectors_skipped: int = 0
+    vectors_embedded: int = 0
     threads: int = 0
     checkpoints_inserted: int = 0
     blobs_inserted: int = 0
@@ -446,6 +448,31 @@ def _refuse_foreign_metadata(bundle: Bundle, path: Path) -> None:
             )
 
 
+def _bundle_indexed(bundle: Bundle) -> bool:
+    """Whether the bundle's database kept vectors (bundles before the `indexed` key: it has some)."""
+    return bool(bundle.manifest.get("indexed", bundle.manifest["sections"]["vectors"]["rows"] > 0))
+
+
+def _embed_items(
+    conn: psycopg.Connection, bundle: Bundle, target: str, written: set[tuple[str, str]],
+    embed: Callable[[dict[str, Any]], dict[str, Any]], on_step: Step,
+) -> int:
+    """Vectors for the written items of a bundle that carried none; how many rows were written."""
+    count = 0
+    for row in _counted(bundle.sections["items"], len(bundle.sections["items"]), on_step, "embed items"):
+        prefix = f"{target}.{row['prefix']}"
+        if (prefix, row["key"]) not in written:
+            continue
+        params = embed(json.loads(row["value"]))
+        for field_name, embedding in zip(params["fields"], params["embeddings"], strict=True):
+            conn.execute(sql.TENANT_IMPORT_VECTOR, {
+                "prefix": prefix, "key": row["key"], "field_name": field_name, "embedding": embedding,
+                "created_at": row["created_at"], "updated_at": row["updated_at"],
+            })
+            count += 1
+    return count
+
+
 def _claim_threads(conn: psycopg.Connection, bundle: Bundle, target: str, thread: Callable[[str], str], path: Path) -> None:
     """Own every (remapped) thread of the bundle for `target`, refusing threads owned by anyone else."""
     threads = sorted({thread(old) for old in _bundle_thread_ids(bundle)})
@@ -466,12 +493,15 @@ def import_tenant(
     mode: str = "merge",
     dry_run: bool = False,
     legal_hold: Iterable[str] = (),
+    embed: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     on_step: Step = None,
 ) -> ImportReport:
     """Import a bundle in one transaction (rolled back for a dry run); other tenants are never touched.
 
     Without `as_tenant` every checkpoint's metadata must name the bundle's tenant (or none) and each
-    thread id must be unowned here or owned by it; `--mode replace` of a held tenant is refused."""
+    thread id must be unowned here or owned by it; `--mode replace` of a held tenant is refused.
+    `embed` (`vectors.embed_value` bound to an indexed store) embeds the items of a bundle exported
+    from a database without vectors, so they are found by semantic search here too."""
     if mode not in MODES:
         raise TenantToolError(f"--mode {mode!r}: use one of {', '.join(MODES)}")
     _say(on_step, "verify the bundle")
@@ -535,6 +565,8 @@ def import_tenant(
                     continue
                 conn.execute(sql.TENANT_IMPORT_VECTOR, vector)
                 report.vectors += 1
+            if vectors_here and embed is not None and not _bundle_indexed(bundle):
+                report.vectors_embedded = _embed_items(conn, bundle, target, written, embed, on_step)
             report.threads = len({r["thread_id"] for r in bundle.sections["checkpoints"]})
             _claim_threads(conn, bundle, target, thread, path)
             for row in rows("checkpoints"):

@@ -339,3 +339,42 @@ def test_round_trip_and_clone_with_vectors(embedded_server, tmp_path):
 def table_checksums_all(svc: MemoryService) -> dict[str, tuple[int, str]]:
     with psycopg.connect(svc.database_url, row_factory=dict_row) as conn:
         return table_checksums(conn, TENANT_TABLES + ("store_vectors",))
+
+
+def test_a_bundle_without_vectors_is_embedded_on_import_into_an_indexed_store(local_pg15, embedded_server, tmp_path):
+    """PG 15 here has no pgvector: its bundle carries no vectors. Imported into an indexed store (CLI and
+    library), every item gets the store's own vectors and semantic search finds it; items of an indexed
+    bundle that carry no vectors (put with `index=False`) stay unindexed."""
+    plain = f"memory_plain_{uuid.uuid4().hex[:10]}"
+    indexed = f"memory_idx_{uuid.uuid4().hex[:10]}"
+    plain_url = local_pg15.create_database(plain)
+    url = embedded_server.create_database(indexed)
+    bundle = tmp_path / "acme.bundle"
+    try:
+        with MemoryService.open(database_url=plain_url, database_pool_max_size=4) as svc:
+            svc.setup()
+            populate(svc)
+            with connection(svc.pool) as conn:
+                assert tenants.export_tenant(conn, "acme", bundle)["indexed"] is False
+        env = {"MEMORY_DATABASE_URL": url, "MEMORY_INDEX_DIMS": "8", "MEMORY_INDEX_EMBED": "fake"}
+        with MemoryService.open(database_url=url, database_pool_max_size=4, index_dims=8, index_embed="fake") as svc:
+            svc.setup()
+            done = CliRunner().invoke(app, ["tenant", "import", str(bundle)], env=env)
+            assert done.exit_code == 0, done.output
+            assert "4 vectors (4 embedded here)" in done.output, done.output
+            hits = svc.store.search(("acme", "memories"), query="acme note 1", limit=1)
+            assert hits and hits[0].key == "/acme-1.md" and hits[0].score is not None
+            with connection(svc.pool) as conn:
+                report = tenants.import_tenant(conn, bundle, as_tenant="acme2", embed=svc.embedder())
+                assert (report.vectors, report.vectors_embedded) == (0, 4)
+                assert tenants.import_tenant(conn, bundle, as_tenant="acme3").vectors_embedded == 0  # no embedder
+                svc.store.put(("acme", "memories"), "/raw.md", {"content": "acme note 1"}, index=False)
+                again = tmp_path / "again.bundle"
+                assert tenants.export_tenant(conn, "acme", again)["indexed"] is True
+                report = tenants.import_tenant(conn, again, mode="replace", embed=svc.embedder())
+                assert (report.vectors, report.vectors_embedded) == (4, 0)
+                vectored = conn.execute("SELECT DISTINCT key FROM store_vectors WHERE prefix = 'acme.memories'").fetchall()
+            assert "/raw.md" not in {row["key"] for row in vectored}
+    finally:
+        local_pg15.drop_database(plain)
+        embedded_server.drop_database(indexed)
