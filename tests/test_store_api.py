@@ -440,11 +440,16 @@ def test_a_lost_listener_drops_the_key_cache_and_a_new_one_starts_empty(server):
     store = server.client(key).store
     store.get_item(ns, "k")
     store.get_item(ns, "k")
+    listens = _metric(server, "memory_api_key_cache_listens_total")
     with _connect(server.database_url) as conn:
         assert conn.execute(TERMINATE_LISTENER, {"name": keycache.APPLICATION_NAME}).fetchone()["done"]
         conn.execute(REVOKE_WITHOUT_NOTIFY, {"id": key_id})  # revoked while nobody listens
-    _refused_soon(lambda: store.get_item(ns, "k"))
-    _cache_live(server)  # the listener comes back
+    deadline = time.monotonic() + 30
+    while _metric(server, "memory_api_key_cache_listens_total") == listens:  # a new listener is up
+        assert time.monotonic() < deadline, "the key cache's listener did not come back"
+        time.sleep(0.05)
+    with pytest.raises(AuthenticationError):
+        store.get_item(ns, "k")  # what the old listener's cache held is gone
     _, other = server.new_key(tenant)
     server.client(other).store.get_item(ns, "k")
 

@@ -53,6 +53,7 @@ class KeyCache:
         self.retry_s = retry_s
         self.live = False
         self.hits = 0
+        self.listens = 0
         self._entries: dict[str, tuple[Principal, float]] = {}
         self._generation = 0
         self._used: set[str] = set()
@@ -138,6 +139,7 @@ class KeyCache:
                         if not self.live:
                             self.invalidate()
                             self.live = True
+                            self.listens += 1
                     elif not note.payload.startswith(PING):
                         self.invalidate()
                 if not heard:

@@ -148,6 +148,11 @@ class KeyCacheCollector(Collector):
         hits = CounterMetricFamily("memory_api_key_cache_hits", "Requests whose API key was served from the key cache.")
         hits.add_metric([], float(self.cache.hits))
         yield hits
+        listens = CounterMetricFamily(
+            "memory_api_key_cache_listens", "Times the key cache's listener came up (at start and after each loss)."
+        )
+        listens.add_metric([], float(self.cache.listens))
+        yield listens
 
 
 QUOTA_LIMITS = ("max_tenant_bytes", "max_tenant_files")
