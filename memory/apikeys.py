@@ -135,12 +135,16 @@ def authenticate(conn: psycopg.Connection, secret: str) -> Principal | None:
 
 
 async def aauthenticate(conn: psycopg.AsyncConnection, secret: str) -> Principal | None:
-    """Async twin of `authenticate` (what the server uses)."""
+    """Async twin of `authenticate`."""
     if not secret.startswith(KEY_PREFIX):
         return None
-    cursor = await conn.execute(sql.API_KEY_AUTHENTICATE, {"key_hash": hash_secret(secret)})
+    return await aauthenticate_hash(conn, hash_secret(secret))
+
+
+async def aauthenticate_hash(conn: psycopg.AsyncConnection, key_hash: str) -> Principal | None:
+    """`aauthenticate` by the secret's sha256 (what the server uses: it hashes once per request)."""
+    cursor = await conn.execute(sql.API_KEY_AUTHENTICATE, {"key_hash": key_hash})
     row = await cursor.fetchone()
     if row is None:
         return None
     return Principal(tenant=row["tenant"], admin=row["admin"], key_id=row["id"])
-

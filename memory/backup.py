@@ -539,6 +539,8 @@ def restore_backup(
                 _render(cur, pgsql.SQL(sql.RESTORE_DROP_TABLE).format(table=pgsql.Identifier(schema, t)))
             )
         postlude = [_render(cur, sql.RESTORE_SEARCH_PATH, {"path": search_path})]
+        # API servers drop their cached keys when the restore commits (the keys table was replaced)
+        postlude.append(_render(cur, sql.API_KEYS_NOTIFY, {"payload": "restore"}))
         ledger_in_backup = facts.ledger is not None
         if ledger_in_backup:
             postlude.extend(_render(cur, sql.RESTORE_KEEP_ERASURE, _erasure_params(e)) for e in known)

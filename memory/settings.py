@@ -144,7 +144,7 @@ class MemorySettings(BaseSettings):
     api_jwt_admin_claim: str = ""
     api_jwt_audience: str = ""
     api_jwt_issuer: str = ""
-    api_key_cache_s: float = Field(0, ge=0, le=3600)
+    api_key_cache_s: float = Field(60, ge=0, le=3600)
     api_read_timeout_s: float = Field(10, gt=0, le=3600)
     api_keep_alive_s: int = Field(5, ge=1, le=3600)
     api_max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)

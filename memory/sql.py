@@ -1082,10 +1082,25 @@ SELECT id, tenant, name, admin, created_at, last_used_at, revoked_at
   FROM memory_api_keys
  ORDER BY created_at, id
 """
-API_KEY_REVOKE = """
-UPDATE memory_api_keys SET revoked_at = coalesce(revoked_at, now())
- WHERE id = %(id)s
-RETURNING id, tenant, name, admin, created_at, last_used_at, revoked_at
+# Revocation tells every `memory serve` at commit (NOTIFY on API_KEYS_CHANNEL, in the revoking
+# statement itself), so their key caches (memory/api/keycache.py) drop the key at once.
+API_KEYS_CHANNEL = "memory_api_keys"
+API_KEY_REVOKE = f"""
+WITH revoked AS (
+    UPDATE memory_api_keys SET revoked_at = coalesce(revoked_at, now())
+     WHERE id = %(id)s
+    RETURNING id, tenant, name, admin, created_at, last_used_at, revoked_at
+)
+SELECT revoked.*, pg_notify('{API_KEYS_CHANNEL}', revoked.id) FROM revoked
+"""
+# The key cache's listener (a connection of its own) and its heartbeat (sent through the pool,
+# heard on the listener: proof that notifications reach this server).
+API_KEYS_LISTEN = f"LISTEN {API_KEYS_CHANNEL}"
+API_KEYS_NOTIFY = f"SELECT pg_notify('{API_KEYS_CHANNEL}', %(payload)s)"
+# Last use of keys served from the cache, written in one statement off the request path.
+API_KEYS_TOUCH = """
+UPDATE memory_api_keys SET last_used_at = now()
+ WHERE id = ANY(%(ids)s) AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
 """
 # One round trip per request: the live key of this hash, and its last use stamped at most once a
 # minute (a write per request would make every API read a write).

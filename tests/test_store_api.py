@@ -35,10 +35,15 @@ from langgraph_sdk.errors import (
     UnprocessableEntityError,
 )
 from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
 
 from conftest import TEMPLATE
 from memory import MemoryService
+from memory.api import keycache
+from memory.api.auth import KeyAuth
+from memory.api.errors import ApiError
 from memory.apikeys import Principal, authenticate, create_key, list_keys, revoke_key
+from memory.db import CONNECTION_KWARGS
 
 SERVERS = ("pg18",)
 """Version-independent: the embedded server only (conftest.pytest_generate_tests)."""
@@ -366,8 +371,127 @@ def test_no_key_a_bad_key_and_a_revoked_key_get_401(server):
         assert authenticate(conn, key) == Principal(tenant, admin=False, key_id=key_id)
         revoke_key(conn, key_id)
         assert authenticate(conn, key) is None
+    _refused_soon(lambda: store.get_item(ns, "k"))
+
+
+# The key cache: served from memory only while the server hears revocations (memory/api/keycache.py).
+# A revocation reaches the server as a notification, which the server handles milliseconds after the
+# commit: the tests allow it NOTIFY_WITHIN_S (a cached key would live on for key_cache_s = 60 s).
+NOTIFY_WITHIN_S = 5.0
+REVOKE_WITHOUT_NOTIFY = "UPDATE memory_api_keys SET revoked_at = now() WHERE id = %(id)s"
+TERMINATE_LISTENER = """
+SELECT pg_terminate_backend(pid) AS done FROM pg_stat_activity
+ WHERE application_name = %(name)s AND datname = current_database()
+"""
+
+
+def _refused_soon(call, within: float = NOTIFY_WITHIN_S) -> None:
+    """`call` raises AuthenticationError, at the latest after `within` seconds of retrying."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            call()
+        except AuthenticationError:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"still accepted {within}s after the key was revoked")
+        time.sleep(0.05)
+
+
+def _metric(server: Server, name: str) -> float:
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    [value] = [line.split()[1] for line in text.splitlines() if line.startswith(name + " ")]
+    return float(value)
+
+
+def _cache_live(server: Server) -> None:
+    deadline = time.monotonic() + 30
+    while _metric(server, "memory_api_key_cache_live") != 1.0:
+        assert time.monotonic() < deadline, "the key cache's listener never came up"
+        time.sleep(0.05)
+
+
+def test_a_revoked_key_is_dropped_from_the_key_cache_by_the_revocations_notification(server):
+    _cache_live(server)
+    tenant = _tenant()
+    ns = [tenant, "memories"]
+    hidden_id, hidden = server.new_key(tenant)
+    key_id, key = server.new_key(tenant)
+    for secret in (hidden, key):
+        server.client(secret).store.get_item(ns, "k")
+    hits = _metric(server, "memory_api_key_cache_hits_total")
+    server.client(key).store.get_item(ns, "k")
+    assert _metric(server, "memory_api_key_cache_hits_total") == hits + 1  # served from memory
+    with _connect(server.database_url) as conn:
+        conn.execute(REVOKE_WITHOUT_NOTIFY, {"id": hidden_id})  # a revocation the server cannot hear
+    server.client(hidden).store.get_item(ns, "k")  # so the cache (not the database) answers
+
+    with _connect(server.database_url) as conn:
+        revoke_key(conn, key_id)
+    _refused_soon(lambda: server.client(key).store.get_item(ns, "k"))
+    _refused_soon(lambda: server.client(hidden).store.get_item(ns, "k"))  # any notification empties it
+
+
+def test_a_lost_listener_drops_the_key_cache_and_a_new_one_starts_empty(server):
+    _cache_live(server)
+    tenant = _tenant()
+    ns = [tenant, "memories"]
+    key_id, key = server.new_key(tenant)
+    store = server.client(key).store
+    store.get_item(ns, "k")
+    store.get_item(ns, "k")
+    listens = _metric(server, "memory_api_key_cache_listens_total")
+    with _connect(server.database_url) as conn:
+        assert conn.execute(TERMINATE_LISTENER, {"name": keycache.APPLICATION_NAME}).fetchone()["done"]
+        conn.execute(REVOKE_WITHOUT_NOTIFY, {"id": key_id})  # revoked while nobody listens
+    deadline = time.monotonic() + 30
+    while _metric(server, "memory_api_key_cache_listens_total") == listens:  # a new listener is up
+        assert time.monotonic() < deadline, "the key cache's listener did not come back"
+        time.sleep(0.05)
     with pytest.raises(AuthenticationError):
-        store.get_item(ns, "k")
+        store.get_item(ns, "k")  # what the old listener's cache held is gone
+    _, other = server.new_key(tenant)
+    server.client(other).store.get_item(ns, "k")
+
+
+def test_while_the_listener_is_down_every_request_asks_the_database(api_database):
+    async def scenario() -> None:
+        pool = AsyncConnectionPool(api_database, min_size=1, max_size=2, kwargs=CONNECTION_KWARGS, open=False)
+        await pool.open(wait=True)
+        cache = keycache.KeyCache(pool, api_database, 60, retry_s=60)  # no reconnection within the test
+        auth = KeyAuth(pool, cache)
+        await auth.start()
+        try:
+            deadline = time.monotonic() + 30
+            while not cache.live:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            async with pool.connection() as conn:
+                key, secret = await asyncio.to_thread(_create_key, api_database, _tenant())
+                headers = {"x-api-key": secret}
+                assert (await auth.principal(headers)).key_id == key.id
+                assert (await auth.principal(headers)).key_id == key.id and cache.hits == 1
+                generation = cache.generation()
+                assert (await (await conn.execute(TERMINATE_LISTENER, {"name": keycache.APPLICATION_NAME})).fetchone())["done"]
+                lost_by = time.monotonic() + NOTIFY_WITHIN_S
+                while cache.generation() == generation:  # the loss is noticed
+                    assert time.monotonic() < lost_by
+                    await asyncio.sleep(0.02)
+                assert (await auth.principal(headers)).key_id == key.id  # from the database, not remembered
+                await conn.execute(REVOKE_WITHOUT_NOTIFY, {"id": key.id})
+            with pytest.raises(ApiError) as refused:
+                await auth.principal(headers)
+            assert refused.value.status == 401
+        finally:
+            await auth.stop()
+            await pool.close()
+
+    asyncio.run(scenario())
+
+
+def _create_key(url: str, tenant: str):
+    with _connect(url) as conn:
+        return create_key(conn, tenant)
 
 
 def test_an_admin_key_reaches_every_tenant(server):

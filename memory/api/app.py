@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from jobs import runs
 from memory import migrations, quotas, sql
 from memory.api import store as store_api
-from memory.api.auth import JwtAuth, authenticator
+from memory.api.auth import JwtAuth, KeyAuth, authenticator
 from memory.api.errors import ApiError
 from memory.api.limits import RequestLimitsMiddleware
 from memory.api.metrics import ApiMetrics, JobCollector, QuotaCollector
@@ -199,12 +199,18 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with MemoryService.aopen(settings, database_url=svc.database_url) as asvc:
             app.state.ready = ReadyCheck(asvc.pool, svc.database_url, head, api_metrics.ready_checks.inc)
-            if api:
-                store = store_api.StoreApi(
-                    asvc.store, asvc.policy, authenticator(settings, asvc.pool), max_page=settings.api_max_page
-                )
+            auth = authenticator(settings, asvc.pool, svc.database_url) if api else None
+            if auth is not None:
+                store = store_api.StoreApi(asvc.store, asvc.policy, auth, max_page=settings.api_max_page)
                 app.router.routes.extend(store.routes())
-            yield
+                if isinstance(auth, KeyAuth):
+                    await auth.start()
+                    api_metrics.watch_key_cache(auth.cache)
+            try:
+                yield
+            finally:
+                if isinstance(auth, KeyAuth):
+                    await auth.stop()
 
     async def health(request: Request) -> Response:
         return PlainTextResponse("ok\n")

@@ -9,7 +9,6 @@ claim, and a token whose `jwt_admin_claim` claim is `true` reaches every tenant.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -19,12 +18,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from memory import apikeys
 from memory.api.errors import ApiError, unauthorized, unavailable
+from memory.api.keycache import KeyCache
 from memory.apikeys import Principal
 from memory.errors import ConfigError, InvalidTenantId
 from memory.tenancy import validate_tenant_id
 
 POOL_TIMEOUT_S = 5.0
-MAX_CACHED_KEYS = 10_000
 
 
 class Authenticator(Protocol):
@@ -42,37 +41,45 @@ def credential(headers: Any) -> str | None:
 
 
 class KeyAuth:
-    """API keys in `memory_api_keys`.
+    """API keys in `memory_api_keys`, looked up by the sha256 of the secret.
 
-    `cache_s = 0` (the default) asks the database on every request, so a revoked key's next
-    request is refused. With `cache_s > 0` a live key is remembered that long in this process
-    (one round trip less per request); a revocation then takes effect within `cache_s`.
+    With a `KeyCache` (`[api] key_cache_s > 0`, the default), a live key is served from memory
+    while the cache's listener hears revocations (see `memory.api.keycache`); otherwise, and
+    whenever the listener is not proven to work, every request asks the database.
     """
 
-    def __init__(self, pool: AsyncConnectionPool, cache_s: float = 0.0) -> None:
+    def __init__(self, pool: AsyncConnectionPool, cache: KeyCache | None = None) -> None:
         self.pool = pool
-        self.cache_s = cache_s
-        self._cache: dict[str, tuple[Principal, float]] = {}
+        self.cache = cache
+
+    async def start(self) -> None:
+        if self.cache is not None:
+            await self.cache.start()
+
+    async def stop(self) -> None:
+        if self.cache is not None:
+            await self.cache.stop()
 
     async def principal(self, headers: Any) -> Principal:
         secret = credential(headers)
         if not secret:
             raise unauthorized("missing credentials: send an API key in the x-api-key header")
-        if self.cache_s > 0:
-            cached = self._cache.get(secret)
-            if cached is not None and time.monotonic() < cached[1]:
-                return cached[0]
-            found = await self._lookup(secret)
-            if len(self._cache) > MAX_CACHED_KEYS:
-                self._cache.clear()
-            self._cache[secret] = (found, time.monotonic() + self.cache_s)
-            return found
-        return await self._lookup(secret)
+        if not secret.startswith(apikeys.KEY_PREFIX):
+            raise unauthorized("invalid or revoked API key")
+        key_hash = apikeys.hash_secret(secret)
+        if self.cache is None:
+            return await self._lookup(key_hash)
+        if (cached := self.cache.get(key_hash)) is not None:
+            return cached
+        generation = self.cache.generation()
+        found = await self._lookup(key_hash)
+        self.cache.put(key_hash, found, generation)
+        return found
 
-    async def _lookup(self, secret: str) -> Principal:
+    async def _lookup(self, key_hash: str) -> Principal:
         try:
             async with self.pool.connection(timeout=POOL_TIMEOUT_S) as conn:
-                found = await apikeys.aauthenticate(conn, secret)
+                found = await apikeys.aauthenticate_hash(conn, key_hash)
         except psycopg.errors.UndefinedTable:
             raise unavailable("memory_api_keys does not exist; run `memory db upgrade`") from None
         except (psycopg.Error, TimeoutError) as exc:
@@ -148,11 +155,12 @@ class JwtAuth:
             raise unauthorized(f"invalid token: {exc}") from None
 
 
-def authenticator(settings: Any, pool: AsyncConnectionPool) -> Authenticator:
-    """The authenticator `[api] auth` names."""
+def authenticator(settings: Any, pool: AsyncConnectionPool, url: str) -> Authenticator:
+    """The authenticator `[api] auth` names (call `start()`/`stop()` on a `KeyAuth`)."""
     if settings.api_auth == "jwt":
         return JwtAuth.from_settings(settings)
-    return KeyAuth(pool, settings.api_key_cache_s)
+    cache = KeyCache(pool, url, settings.api_key_cache_s) if settings.api_key_cache_s > 0 else None
+    return KeyAuth(pool, cache)
 
 
-__all__ = ["ApiError", "Authenticator", "JwtAuth", "KeyAuth", "Principal", "authenticator", "credential"]
+__all__ = ["ApiError", "Authenticator", "JwtAuth", "KeyAuth", "KeyCache", "Principal", "authenticator", "credential"]

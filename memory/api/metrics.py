@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
@@ -118,9 +120,39 @@ class ApiMetrics:
             "memory_ready_checks", "Database checks made for /ready (bursts share one check).", registry=registry,
         )
 
+        self.registry = registry
+
+    def watch_key_cache(self, cache: Any) -> None:
+        """Report `cache` (a `KeyCache`; None when off) at scrape time."""
+        if cache is not None:
+            self.registry.register(KeyCacheCollector(cache))
+
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route).observe(seconds)
+
+
+class KeyCacheCollector(Collector):
+    """Whether the API key cache is in use, and how many requests it answered."""
+
+    def __init__(self, cache: Any) -> None:
+        self.cache = cache
+
+    def collect(self) -> Iterable[Metric]:
+        live = GaugeMetricFamily(
+            "memory_api_key_cache_live",
+            "1 while the API key cache hears revocations (keys served from memory); 0: every request asks the database.",
+        )
+        live.add_metric([], 1.0 if self.cache.live else 0.0)
+        yield live
+        hits = CounterMetricFamily("memory_api_key_cache_hits", "Requests whose API key was served from the key cache.")
+        hits.add_metric([], float(self.cache.hits))
+        yield hits
+        listens = CounterMetricFamily(
+            "memory_api_key_cache_listens", "Times the key cache's listener came up (at start and after each loss)."
+        )
+        listens.add_metric([], float(self.cache.listens))
+        yield listens
 
 
 QUOTA_LIMITS = ("max_tenant_bytes", "max_tenant_files")
