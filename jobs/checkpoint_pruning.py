@@ -5,8 +5,9 @@ tables (SQL in `memory.sql`, `PRUNE_*`), recorded in `memory_job_runs` like ever
 
 1. *idle threads*: threads whose newest checkpoint (`checkpoint->>'ts'`) is older than
    `idle_days` are deleted whole (checkpoints, blobs, writes), `thread_batch_size` threads per
-   statement (one set-based statement per batch: its own transaction). They are found along the
-   ts index (threads with old rows, then per thread: no newer row); the batch's statement itself
+   statement (one set-based statement per batch: its own transaction). An incremental run finds
+   them along the ts index (threads with rows that became old since, then per thread: no newer
+   row), a full pass by the newest `ts` of every thread (one read of the table); the batch's statement itself
    says which of its threads hold a newer row by then (a run wrote to them since): the batch is
    rolled back and made again without them, so they are kept.
 2. *history trimming*: in each namespace of each longer thread, the latest `keep_latest`
@@ -392,9 +393,10 @@ def _delete_idle_threads(run: _Run, now: datetime) -> None:
     run.idle_cutoff = now - timedelta(days=run.policy.idle_days)
     cutoff = _ts(run.idle_cutoff)
     floor = run.idle_floor  # at or past the cutoff (idle_days raised): nothing new can be idle
+    find = sql.PRUNE_IDLE_THREADS if floor is not None else sql.PRUNE_IDLE_THREADS_FULL
     idle = [
         (row["thread_id"], _tenant_of(row["tenants"]))
-        for row in run.fetch(sql.PRUNE_IDLE_THREADS, {"cutoff": cutoff, "tenant": run.tenant, "floor": floor})
+        for row in run.fetch(find, {"cutoff": cutoff, "tenant": run.tenant, "floor": floor})
         if not run.held_back(row["thread_id"], row["tenants"])
     ]
     for start in range(0, len(idle), run.policy.thread_batch_size):
