@@ -132,6 +132,13 @@ BENCH_PRUNE_BASELINE_SELECT = """
 SELECT thread_id FROM checkpoints GROUP BY thread_id HAVING max(checkpoint->>'ts') < %(cutoff)s
 """
 
+# The floor of any row-level deletion of idle threads: their rows' ids known in advance (not timed),
+# one bare DELETE per table, in one transaction.
+BENCH_PRUNE_FLOOR_DELETES = tuple(
+    f"DELETE FROM {table} WHERE thread_id = ANY(%(threads)s::text[])"
+    for table in ("checkpoint_writes", "checkpoint_blobs", "checkpoints", "memory_threads")
+)
+
 BENCH_PRUNE_COUNTS = """
 SELECT (SELECT count(*) FROM checkpoints) AS checkpoints, (SELECT count(DISTINCT thread_id) FROM checkpoints) AS threads,
        (SELECT count(*) FROM checkpoint_blobs) AS blobs, (SELECT count(*) FROM checkpoint_writes) AS writes

@@ -5,9 +5,11 @@ tables (SQL in `memory.sql`, `PRUNE_*`), recorded in `memory_job_runs` like ever
 
 1. *idle threads*: threads whose newest checkpoint (`checkpoint->>'ts'`) is older than
    `idle_days` are deleted whole (checkpoints, blobs, writes), `thread_batch_size` threads per
-   statement (one set-based statement per batch: its own transaction). They are found along the
-   ts index (threads with old rows, then per thread: no newer row) and checked again by the
-   batch's statement itself: a thread a run wrote to since is kept.
+   statement (one set-based statement per batch: its own transaction). An incremental run finds
+   them along the ts index (threads with rows that became old since, then per thread: no newer
+   row), a full pass by the newest `ts` of every thread (one read of the table); the batch's statement itself
+   says which of its threads hold a newer row by then (a run wrote to them since): the batch is
+   rolled back and made again without them, so they are kept.
 2. *history trimming*: in each namespace of each longer thread, the latest `keep_latest`
    checkpoints are kept, and with them every ancestor their DeltaChannels are rebuilt from.
    A DeltaChannel (deep agents' `messages` and `files`) stores its value only every so often
@@ -391,25 +393,49 @@ def _delete_idle_threads(run: _Run, now: datetime) -> None:
     run.idle_cutoff = now - timedelta(days=run.policy.idle_days)
     cutoff = _ts(run.idle_cutoff)
     floor = run.idle_floor  # at or past the cutoff (idle_days raised): nothing new can be idle
+    find = sql.PRUNE_IDLE_THREADS if floor is not None else sql.PRUNE_IDLE_THREADS_FULL
     idle = [
         (row["thread_id"], _tenant_of(row["tenants"]))
-        for row in run.fetch(sql.PRUNE_IDLE_THREADS, {"cutoff": cutoff, "tenant": run.tenant, "floor": floor})
+        for row in run.fetch(find, {"cutoff": cutoff, "tenant": run.tenant, "floor": floor})
         if not run.held_back(row["thread_id"], row["tenants"])
     ]
-    statement = sql.PRUNE_COUNT_IDLE if run.dry_run else sql.PRUNE_DELETE_IDLE
     for start in range(0, len(idle), run.policy.thread_batch_size):
         if run.interrupted():
             return
-        batch = idle[start : start + run.policy.thread_batch_size]
-        params = {"threads": [thread for thread, _ in batch], "tenants": [tenant for _, tenant in batch], "cutoff": cutoff}
-        with run.transaction():
-            rows = run.fetch(statement, params)
-        for row in rows:
+        for row in _idle_batch(run, idle[start : start + run.policy.thread_batch_size], cutoff):
             for name in ("idle_threads", "checkpoints", "writes", "blobs"):
                 run.report.add(row["tenant"], name, row[name])
             run.idle.update(row["threads"])
         run.report.bump("batches")
         run.progressed()
+
+
+class _Written(Exception):  # noqa: N818 (not an error: a batch to make again)
+    """Threads of a batch a run wrote to since they were selected."""
+
+    def __init__(self, threads: set[str]) -> None:
+        super().__init__(f"{len(threads)} threads written since they were selected")
+        self.threads = threads
+
+
+def _idle_batch(run: _Run, batch: list[tuple[str, str]], cutoff: str) -> list[dict[str, Any]]:
+    """Delete (dry: count) a batch of idle threads in one transaction; its rows per tenant.
+
+    The statement says which threads hold a checkpoint at or after the cutoff by now (a run wrote
+    to them since they were selected): the batch is rolled back and made again without them."""
+    statement = sql.PRUNE_COUNT_IDLE if run.dry_run else sql.PRUNE_DELETE_IDLE
+    while batch:
+        params = {"threads": [thread for thread, _ in batch], "tenants": [tenant for _, tenant in batch], "cutoff": cutoff}
+        try:
+            with run.transaction():
+                rows = run.fetch(statement, params)
+                written = {thread for row in rows for thread in row["live"]}
+                if written:
+                    raise _Written(written)
+            return rows
+        except _Written as exc:
+            batch = [(thread, tenant) for thread, tenant in batch if thread not in exc.threads]
+    return []
 
 
 # 2. history trimming ------------------------------------------------------------------------

@@ -222,6 +222,36 @@ def test_a_thread_newer_than_the_cutoff_in_any_row_is_not_idle(svc, database_url
     assert table_rows(database_url, "half-old")["checkpoints"] > 0
 
 
+@pytest.mark.parametrize("dry_run", [False, True], ids=["real", "dry"])
+def test_a_thread_written_after_it_was_selected_is_kept_and_the_rest_of_its_batch_goes(svc, database_url, dry_run):
+    threads = ("idle-a", "idle-b", "idle-c", "idle-d")  # two batches of two, in this order
+    for thread in threads:
+        turns(svc, thread, "acme", 1)
+        age_thread(database_url, thread, 40)
+    gone = {thread: table_rows(database_url, thread) for thread in threads[:3]}
+
+    def revive_d(report) -> None:  # after the first batch, before the one holding idle-d
+        if report.counts["batches"] == 1:
+            turns(svc, "idle-d", "acme", 1, first=1)
+
+    report = prune(database_url, PrunePolicy(idle_days=30, keep_latest=100, thread_batch_size=2), dry_run=dry_run, on_batch=revive_d)
+
+    assert report.status == "succeeded"
+    assert report.tenant_counts["acme"] == {
+        "idle_threads": 3,
+        "checkpoints": sum(rows["checkpoints"] for rows in gone.values()),
+        "writes": sum(rows["checkpoint_writes"] for rows in gone.values()),
+        "blobs": sum(rows["checkpoint_blobs"] for rows in gone.values()),
+    }
+    assert all(table_rows(database_url, "idle-d").values())
+    if not dry_run:
+        assert {thread: table_rows(database_url, thread)["checkpoints"] for thread in threads[:3]} == dict.fromkeys(threads[:3], 0)
+        with connect(database_url) as conn:
+            assert [r[0] for r in conn.execute("SELECT thread_id FROM memory_threads")] == ["idle-d"]
+        values = deep_agent(svc).get_state(config("idle-d", "acme")).values
+        assert [m.content for m in values["messages"] if m.type == "human"] == ["turn 0", "turn 1"]
+
+
 def test_dry_run_changes_nothing_and_predicts_the_real_run(svc, database_url):
     turns(svc, "old", "acme", 1)
     turns(svc, "long", "globex", 3)

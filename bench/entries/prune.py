@@ -10,6 +10,9 @@ data is loaded once into a template; every side works on its own copy (CREATE DA
   `(checkpoint->>'ts')` index, deleted 1,000 threads per statement. Baseline: what a user of the
   plain saver writes: the newest `ts` per thread over the whole table (there is no timestamp
   column), then `PostgresSaver.delete_thread(thread_id)` for each. Both must leave the same rows.
+  `floor_s` in the params: the least any row-level deletion of those threads costs, one bare
+  `DELETE ... WHERE thread_id = ANY(ids)` per table with the ids known in advance (untimed), on a
+  third copy.
 - `prune_noop_1m`: the whole job (idle threads, trimming, orphans) run twice on one copy; the
   first run is a full pass (no high-water mark yet) and deletes the idle threads, the second finds
   nothing written since: ours = the second run (median of 5), baseline = the first (target: the
@@ -99,6 +102,18 @@ def _baseline(url: str) -> tuple[float, int]:
         return time.perf_counter() - started, len(idle)
 
 
+def _floor(url: str) -> float:
+    """The bare deletes of the baseline's idle threads (selected first, untimed) in one transaction."""
+    cutoff = (datetime.now(timezone.utc) - timedelta(days=IDLE_DAYS)).isoformat()
+    with psycopg.connect(url, autocommit=True) as conn:
+        threads = [row[0] for row in conn.execute(bench_sql.BENCH_PRUNE_BASELINE_SELECT, {"cutoff": cutoff})]
+        started = time.perf_counter()
+        with conn.transaction():
+            for statement in bench_sql.BENCH_PRUNE_FLOOR_DELETES:
+                conn.execute(statement, {"threads": threads})
+        return time.perf_counter() - started
+
+
 def _remaining(url: str) -> dict[str, int]:
     with psycopg.connect(url, autocommit=True) as conn:
         return conn.cursor(row_factory=dict_row).execute(bench_sql.BENCH_PRUNE_COUNTS).fetchone()
@@ -108,7 +123,7 @@ def run(ctx: Context, entries: list[Entry]) -> Iterator[Measurement]:
     threads = ctx.size(100_000, 2_000)
     reps = 1 if not ctx.quick else ctx.reps
     scales = (1, 2) if {IDLE_GROWTH, NOOP_GROWTH} & set(entries) else (1,)
-    times: dict[str, list[float]] = {name: [] for name in ("idle", "baseline", "first", "noop", "idle_2x", "first_2x", "noop_2x")}
+    times: dict[str, list[float]] = {name: [] for name in ("idle", "baseline", "floor", "first", "noop", "idle_2x", "first_2x", "noop_2x")}
     deleted: dict[str, list[int]] = {"ours": [], "baseline": []}
     loaded, left = {}, {}
     for scale in scales:
@@ -131,13 +146,17 @@ def run(ctx: Context, entries: list[Entry]) -> Iterator[Measurement]:
                         times["baseline"].append(seconds)
                         deleted["baseline"].append(count)
                         left["baseline"] = _remaining(ctx.url(base_db))
+                    with ctx.database("prune_floor", source) as floor_db:
+                        ctx.progress(f"prune: rep {rep + 1}/{reps}: the floor: one bare DELETE per table ...")
+                        times["floor"].append(_floor(ctx.url(floor_db)))
+                        left["floor"] = _remaining(ctx.url(floor_db))
                 with ctx.database("prune_job", source) as job_db:
                     ctx.progress(f"prune: {scale}x, rep {rep + 1}/{reps}: the whole job, then again {NOOP_RUNS} times ...")
                     times["first" + suffix].append(_ours(ctx.url(job_db), PASSES)[0])
                     noop = [_ours(ctx.url(job_db), PASSES)[0] for _ in range(NOOP_RUNS)]
                     times["noop" + suffix].append(statistics.median(noop))
-    if "baseline" in left and left["ours"] != left["baseline"]:
-        raise AssertionError(f"the two sides left different rows: {left}")
+    if any(left[side] != left["ours"] for side in ("baseline", "floor") if side in left):
+        raise AssertionError(f"the sides left different rows: {left}")
 
     def median(name: str) -> float:
         return statistics.median(times[name]) if times[name] else 0.0
@@ -151,6 +170,8 @@ def run(ctx: Context, entries: list[Entry]) -> Iterator[Measurement]:
         "deleted_threads": deleted,
         "idle_s": round(median("idle"), 3),
         "baseline_s": round(median("baseline"), 3),
+        "floor_s": round(median("floor"), 3),
+        "floor": "the same rows' bare deletes, ids known in advance (untimed), one DELETE per table in one transaction",
         "first_run_s": round(median("first"), 3),
         "second_run_s": round(median("noop"), 4),
         "reps": reps,
