@@ -238,7 +238,8 @@ def _tenant_of(tenants: Iterable[str]) -> str:
 
 
 COUNTS = ("idle_threads", "trimmed_threads", "checkpoints", "writes", "blobs", "kept_for_replay",
-          "orphan_writes", "orphan_blobs", "held_threads", "skipped_busy", "batches", "full_pass", "changed_threads")
+          "orphan_writes", "orphan_blobs", "held_threads", "skipped_busy", "batches", "batches_redone",
+          "full_pass", "changed_threads")
 """Every count a report holds, zero when nothing was found (the CLI and /metrics read them)."""
 
 
@@ -434,6 +435,7 @@ def _idle_batch(run: _Run, batch: list[tuple[str, str]], cutoff: str) -> list[di
                     raise _Written(written)
             return rows
         except _Written as exc:
+            run.report.bump("batches_redone")
             batch = [(thread, tenant) for thread, tenant in batch if thread not in exc.threads]
     return []
 

@@ -236,7 +236,7 @@ def test_a_thread_written_after_it_was_selected_is_kept_and_the_rest_of_its_batc
 
     report = prune(database_url, PrunePolicy(idle_days=30, keep_latest=100, thread_batch_size=2), dry_run=dry_run, on_batch=revive_d)
 
-    assert report.status == "succeeded"
+    assert report.status == "succeeded" and report.counts["batches_redone"] == 1
     assert report.tenant_counts["acme"] == {
         "idle_threads": 3,
         "checkpoints": sum(rows["checkpoints"] for rows in gone.values()),
@@ -568,9 +568,14 @@ def test_the_idle_pass_looks_only_at_what_became_idle_since_the_last_run(svc, da
     age_thread(database_url, "imported-old", 90)
     turns(svc, "went-idle", "globex", 1)  # idle since the last run's cutoff: any run finds it
     age_thread(database_url, "went-idle", 29)
+    turns(svc, "revived", "acme", 1)  # old rows in the same window, and a turn now: live, never selected
+    age_thread(database_url, "revived", 29)
+    turns(svc, "revived", "acme", 1)
 
     later = prune(database_url, policy, now=now + timedelta(days=2))
     assert (later.counts["full_pass"], later.counts["idle_threads"]) == (0, 1)
+    assert later.counts["batches_redone"] == 0, "the find selected a live thread (the delete's check caught it)"
+    assert table_rows(database_url, "revived")["checkpoints"] > 0
     assert set(later.tenant_counts) == {"globex"}
     assert table_rows(database_url, "went-idle")["checkpoints"] == 0
     assert table_rows(database_url, "imported-old")["checkpoints"] > 0
