@@ -218,7 +218,8 @@ def test_a_thread_newer_than_the_cutoff_in_any_row_is_not_idle(svc, database_url
         conn.execute(AGE_THREAD.replace("WHERE thread_id = %(thread)s", "WHERE thread_id = %(thread)s AND checkpoint_id = %(first)s"),
                      {"thread": "half-old", "days": 90, "first": first})
     report = prune(database_url, PrunePolicy(idle_days=30, keep_latest=1000))
-    assert report.counts["idle_threads"] == 0
+    assert report.counts["idle_threads"] == 0 and report.counts["full_pass"] == 1
+    assert report.counts["batches_redone"] == 0, "the full pass's find selected it (the delete's check caught it)"
     assert table_rows(database_url, "half-old")["checkpoints"] > 0
 
 
