@@ -29,7 +29,7 @@ import uvicorn
 
 from jobs.scheduler import JobScheduler, ScheduledJob, scheduled_jobs
 from memory.api.app import create_app
-from memory.api.limits import ReadTimeoutH11Protocol
+from memory.api.limits import LimitedHttpToolsProtocol
 from memory.errors import MemoryServiceError
 
 logger = logging.getLogger(__name__)
@@ -62,14 +62,16 @@ def listen(host: str, port: int) -> socket.socket:
 def uvicorn_config(app: Any, settings: Any) -> uvicorn.Config:
     return uvicorn.Config(
         app,
-        http=ReadTimeoutH11Protocol.with_read_timeout(settings.api_read_timeout_s),
+        http=LimitedHttpToolsProtocol.with_limits(
+            read_timeout_s=settings.api_read_timeout_s, max_header_bytes=settings.api_max_header_bytes
+        ),
+        loop="uvloop",
         lifespan="on",
         access_log=False,
         log_config=None,
         server_header=False,
         timeout_keep_alive=settings.api_keep_alive_s,
         timeout_graceful_shutdown=int(settings.api_shutdown_timeout_s) or None,
-        h11_max_incomplete_event_size=settings.api_max_header_bytes,
     )
 
 

@@ -230,7 +230,6 @@ def create_app(
             Middleware(
                 RequestLimitsMiddleware,
                 max_bytes=settings.api_max_body_bytes,
-                max_header_bytes=settings.api_max_header_bytes,
             ),
         ],
         exception_handlers={
