@@ -621,6 +621,30 @@ def test_a_body_over_the_limit_is_413_announced_or_streamed(server):
     assert store.get_item([tenant], "big") is None
 
 
+
+def test_requests_are_counted_and_timed_by_route_and_status(server):
+    tenant = _tenant()
+    key = server.key(tenant)
+    put = 'memory_api_requests_total{method="PUT",route="/store/items",status="204"}'
+    big = 'memory_api_requests_total{method="PUT",route="/store/items",status="413"}'
+    other = 'memory_api_requests_total{method="GET",route="other",status="404"}'
+    timed = 'memory_api_request_duration_seconds_count{route="/store/items"}'
+    before = {name: _metric_or_0(server, name) for name in (put, big, other, timed)}
+    store = server.client(key).store
+    store.put_item([tenant], "a", {"n": 1})
+    store.put_item([tenant], "b", {"n": 2})
+    with pytest.raises(Exception):
+        store.put_item([tenant], "big", {"content": "x" * (MAX_BODY + 1)})
+    assert httpx.get(f"{server.url}/no/such/{uuid.uuid4().hex}", timeout=10).status_code == 404
+    after = {name: _metric_or_0(server, name) for name in before}
+    assert after[put] - before[put] == 2 and after[big] - before[big] == 1 and after[other] - before[other] == 1
+    assert after[timed] - before[timed] == 3
+
+
+def _metric_or_0(server: Server, name: str) -> float:
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
 # -- the server under abuse -------------------------------------------------------------------------
 
 

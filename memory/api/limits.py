@@ -7,13 +7,15 @@
   request (head and body) must arrive within `read_timeout_s` of the moment the server starts
   waiting for it, and a head over `max_header_bytes` gets 431 and a closed connection, whether it
   arrives at once or in pieces (the parser holds at most one read past the limit).
-- `RequestLimitsMiddleware`: bodies over `max_body_bytes` get 413, whether announced by
-  Content-Length or streamed.
+- `RequestMiddleware`: the app's one middleware (pure ASGI): bodies over `max_body_bytes` get
+  413, whether announced by Content-Length or streamed; each request is counted and timed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
 
 import httptools
@@ -134,28 +136,22 @@ class BodyTooLarge(Exception):
     pass
 
 
-class RequestLimitsMiddleware:
-    """Refuse request bodies over `max_bytes` (413), announced or streamed."""
+class RequestMiddleware:
+    """The one middleware: bodies over `max_bytes` get 413 (announced by Content-Length or
+    streamed), and every answered request goes to `observe(path, method, status, seconds)`."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, observe: Callable[[str, str, int, float], None]) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.observe = observe
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    announced = int(value)
-                except ValueError:
-                    announced = 0
-                if announced > self.max_bytes:
-                    await self._too_large(send)
-                    return
+        start = time.perf_counter()
+        status = 0  # none sent yet
         received = 0
-        started = False
 
         async def limited_receive() -> Message:
             nonlocal received
@@ -167,19 +163,37 @@ class RequestLimitsMiddleware:
             return message
 
         async def tracking_send(message: Message) -> None:
-            nonlocal started
+            nonlocal status
             if message["type"] == "http.response.start":
-                started = True
+                status = message["status"]
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
+            if _announced(scope["headers"]) > self.max_bytes:
+                status = 413
                 await self._too_large(send)
+                return
+            try:
+                await self.app(scope, limited_receive, tracking_send)
+            except BodyTooLarge:
+                if not status:
+                    status = 413
+                    await self._too_large(send)
+        finally:
+            self.observe(scope["path"], scope["method"], status or 500, time.perf_counter() - start)
 
     async def _too_large(self, send: Send) -> None:
         await _refuse(send, 413, f"request body over {self.max_bytes} bytes ([api] max_body_bytes)")
+
+
+def _announced(headers: list[tuple[bytes, bytes]]) -> int:
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
 
 
 async def _refuse(send: Send, status: int, detail: str) -> None:
