@@ -7,9 +7,10 @@
 `--no-jobs` runs API replicas behind a load balancer, `--jobs-only` the one scheduler (any number
 of schedulers is safe too: each tick runs once across replicas).
 
-The server is uvicorn with its h11 protocol plus a read timeout (`[api] read_timeout_s`: a
+The server is uvicorn with its httptools protocol on uvloop (as `langgraph dev`; about a
+quarter less server CPU per request than h11 on asyncio) plus a read timeout (`[api] read_timeout_s`: a
 request must arrive within it, so half-open sockets cannot pile up), a bounded request head
-(`[api] max_header_bytes`) and body (`[api] max_body_bytes`). SIGTERM (or SIGINT) stops the
+(`[api] max_header_bytes`, 431) and body (`[api] max_body_bytes`, 413); see `memory.api.limits`. SIGTERM (or SIGINT) stops the
 triggers, lets a running job finish its current batch (each batch is one transaction: committed
 or rolled back, never half done), lets in-flight requests finish (up to
 `[api] shutdown_timeout_s`), then closes the port.
@@ -29,7 +30,7 @@ import uvicorn
 
 from jobs.scheduler import JobScheduler, ScheduledJob, scheduled_jobs
 from memory.api.app import create_app
-from memory.api.limits import ReadTimeoutH11Protocol
+from memory.api.limits import LimitedHttpToolsProtocol
 from memory.errors import MemoryServiceError
 
 logger = logging.getLogger(__name__)
@@ -62,14 +63,16 @@ def listen(host: str, port: int) -> socket.socket:
 def uvicorn_config(app: Any, settings: Any) -> uvicorn.Config:
     return uvicorn.Config(
         app,
-        http=ReadTimeoutH11Protocol.with_read_timeout(settings.api_read_timeout_s),
+        http=LimitedHttpToolsProtocol.with_limits(
+            read_timeout_s=settings.api_read_timeout_s, max_header_bytes=settings.api_max_header_bytes
+        ),
+        loop="uvloop",
         lifespan="on",
         access_log=False,
         log_config=None,
         server_header=False,
         timeout_keep_alive=settings.api_keep_alive_s,
         timeout_graceful_shutdown=int(settings.api_shutdown_timeout_s) or None,
-        h11_max_incomplete_event_size=settings.api_max_header_bytes,
     )
 
 

@@ -14,6 +14,7 @@ from memory import migrations, quotas, usage
 from memory.db import aconnection, aopen_pool, connection, db_errors, open_pool
 from memory.embedded import EmbeddedPostgres
 from memory.errors import MemoryServiceError
+from memory.pgstore import PipelinedAsyncPostgresStore
 from memory.prompt import with_memory_conventions
 from memory.saver import AsyncTenantPostgresSaver, TenantPostgresSaver
 from memory.settings import MemorySettings
@@ -129,7 +130,7 @@ class MemoryService:
             )
             async with pool:
                 await asyncio.to_thread(_apply_quotas, url, settings)
-                store = AsyncPostgresStore(pool, index=_index(settings), ttl=_ttl(settings))
+                store = PipelinedAsyncPostgresStore(pool, index=_index(settings), ttl=_ttl(settings))
                 yield cls(settings, url, pool, store, AsyncTenantPostgresSaver(pool, legal_hold=_held(settings)))
         finally:
             if embedded is not None:

@@ -53,6 +53,7 @@ HELD = "held"
 CAPPED = "capped"
 READ_TIMEOUT_S = 2
 MAX_BODY = 64 * 1024
+MAX_HEAD = 16 * 1024
 JWT_SECRET = "test-secret-" + "x" * 64
 
 
@@ -109,6 +110,7 @@ def _start(database_url: str, extra_env: dict[str, str], *args: str) -> tuple[su
         "MEMORY_RETENTION_RULES": json.dumps([{"tenant": CAPPED, "path": "/memories/", "ttl_days": 1}]),
         "MEMORY_API_READ_TIMEOUT_S": str(READ_TIMEOUT_S),
         "MEMORY_API_MAX_BODY_BYTES": str(MAX_BODY),
+        "MEMORY_API_MAX_HEADER_BYTES": str(MAX_HEAD),
         "MEMORY_QUOTA_RULES": json.dumps([{"tenant": QUOTA_TENANT, "max_tenant_files": 2}]),
         **extra_env,
     }
@@ -619,6 +621,30 @@ def test_a_body_over_the_limit_is_413_announced_or_streamed(server):
     assert store.get_item([tenant], "big") is None
 
 
+
+def test_requests_are_counted_and_timed_by_route_and_status(server):
+    tenant = _tenant()
+    key = server.key(tenant)
+    put = 'memory_api_requests_total{method="PUT",route="/store/items",status="204"}'
+    big = 'memory_api_requests_total{method="PUT",route="/store/items",status="413"}'
+    other = 'memory_api_requests_total{method="GET",route="other",status="404"}'
+    timed = 'memory_api_request_duration_seconds_count{route="/store/items"}'
+    before = {name: _metric_or_0(server, name) for name in (put, big, other, timed)}
+    store = server.client(key).store
+    store.put_item([tenant], "a", {"n": 1})
+    store.put_item([tenant], "b", {"n": 2})
+    with pytest.raises(Exception):
+        store.put_item([tenant], "big", {"content": "x" * (MAX_BODY + 1)})
+    assert httpx.get(f"{server.url}/no/such/{uuid.uuid4().hex}", timeout=10).status_code == 404
+    after = {name: _metric_or_0(server, name) for name in before}
+    assert after[put] - before[put] == 2 and after[big] - before[big] == 1 and after[other] - before[other] == 1
+    assert after[timed] - before[timed] == 3
+
+
+def _metric_or_0(server: Server, name: str) -> float:
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
 # -- the server under abuse -------------------------------------------------------------------------
 
 
@@ -633,8 +659,13 @@ def test_half_open_sockets_do_not_starve_the_server_and_are_closed_after_the_rea
     store = server.client(server.key(tenant)).store
     sockets = []
     try:
-        for _ in range(40):
+        for n in range(40):
             sock = socket.create_connection((host, port), timeout=5)
+            if n % 2:  # half of them half-open their second request, after a keep-alive first one
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                reply = b""
+                while not reply.endswith(b"ok\n"):
+                    reply += sock.recv(1024)
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
             sockets.append(sock)
         started = time.monotonic()
@@ -679,11 +710,16 @@ def _raw_reply(url: str, *pieces: bytes) -> bytes:
 
 
 def test_a_head_over_the_limit_is_refused_however_it_arrives(server):
-    head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (64 * 1024) + b"\r\n\r\n"
+    head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (MAX_HEAD + 1024) + b"\r\n\r\n"
     at_once = _raw_reply(server.url, head)
     assert at_once.startswith(b"HTTP/1.1 431"), at_once[:100]
     in_pieces = _raw_reply(server.url, *(head[i : i + 4096] for i in range(0, len(head), 4096)))
     assert in_pieces == b"" or in_pieces.startswith((b"HTTP/1.1 400", b"HTTP/1.1 431")), in_pieces[:100]
+    # A head that never ends is refused once over the limit, not buffered until the read timeout.
+    # (Sent up to 1 KiB past the limit and no further, so the refusal is read before any reset.)
+    endless = head.removesuffix(b"\r\n\r\n")
+    refused = _raw_reply(server.url, *(endless[i : i + 4096] for i in range(0, len(endless), 4096)))
+    assert refused.startswith(b"HTTP/1.1 431") and b"max_header_bytes" in refused, refused[:100]
     assert _raw_reply(server.url, b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").startswith(b"HTTP/1.1 200")
 
 

@@ -205,7 +205,7 @@ def run(ctx: Context, entries: list[Entry]) -> Iterator[Measurement]:
         "reps": ctx.reps,
         **{f"{side}_ops_per_s": round(operations / median[side], 1) for side in median},
         **{f"{side}_p99_ms": round(median_p99[side] * 1000, 2) for side in median_p99},
-        "ours": "memory serve --no-jobs (PostgreSQL, API keys, uvicorn h11), default key cache (LISTEN/NOTIFY)",
+        "ours": "memory serve --no-jobs (PostgreSQL, API keys, uvicorn httptools + uvloop), default key cache (LISTEN/NOTIFY)",
         "uncached": f"the same with [api] key_cache_s = {NO_KEY_CACHE}",
         "statistic": "median over reps of total seconds / of per-rep p99; the sides' order rotates",
     }

@@ -32,14 +32,13 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from jobs import runs
 from memory import migrations, quotas, sql
 from memory.api import store as store_api
 from memory.api.auth import JwtAuth, KeyAuth, authenticator
 from memory.api.errors import ApiError
-from memory.api.limits import RequestLimitsMiddleware
+from memory.api.limits import RequestMiddleware
 from memory.api.metrics import ApiMetrics, JobCollector, QuotaCollector
 from memory.db import unavailable
 
@@ -47,11 +46,6 @@ logger = logging.getLogger(__name__)
 
 READY_CACHE_S = 1.0
 POOL_TIMEOUT_S = 3.0
-
-ROUTES = frozenset(
-    {"/health", "/ready", "/metrics", "/store/items", "/store/items/search", "/store/namespaces"}
-)
-"""Route labels of the request metrics; any other path counts as "other"."""
 
 
 class ReadyCheck:
@@ -94,33 +88,6 @@ class ReadyCheck:
         if not state.at_head:
             return False, f"schema at {state.label()}, head is {state.head}: run `memory db upgrade`"
         return True, f"ready: database reachable, schema at {state.label()}"
-
-
-class RequestMetricsMiddleware:
-    """Counts and times every HTTP request by route template."""
-
-    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        finally:
-            route = scope["path"] if scope["path"] in ROUTES else "other"
-            self.metrics.observe(route, scope["method"], status, time.perf_counter() - start)
 
 
 def _detail(status: int, detail: str) -> Response:
@@ -226,12 +193,7 @@ def create_app(
     return Starlette(
         routes=[Route("/health", health), Route("/ready", ready), Route("/metrics", metrics)],
         middleware=[
-            Middleware(RequestMetricsMiddleware, metrics=api_metrics),
-            Middleware(
-                RequestLimitsMiddleware,
-                max_bytes=settings.api_max_body_bytes,
-                max_header_bytes=settings.api_max_header_bytes,
-            ),
+            Middleware(RequestMiddleware, max_bytes=settings.api_max_body_bytes, observe=api_metrics.observe),
         ],
         exception_handlers={
             ApiError: _api_error,

@@ -103,6 +103,12 @@ class JobCollector(Collector):
         yield success
 
 
+ROUTES = frozenset(
+    {"/health", "/ready", "/metrics", "/store/items", "/store/items/search", "/store/namespaces"}
+)
+"""Route labels of the request metrics; any other path counts as "other"."""
+
+
 class ApiMetrics:
     """Requests by route, method and status; latency by route."""
 
@@ -121,15 +127,24 @@ class ApiMetrics:
         )
 
         self.registry = registry
+        self._series: dict[tuple[str, str, int], tuple[Callable[[], None], Callable[[float], None]]] = {}
 
     def watch_key_cache(self, cache: Any) -> None:
         """Report `cache` (a `KeyCache`; None when off) at scrape time."""
         if cache is not None:
             self.registry.register(KeyCacheCollector(cache))
 
-    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+    def observe(self, path: str, method: str, status: int, seconds: float) -> None:
+        """Count and time a request to `path` (labelled by route template; any other is "other")."""
+        series = self._series.get((path, method, status))
+        if series is None:  # the labelled children, looked up once per (path, method, status)
+            route = path if path in ROUTES else "other"
+            series = (self.requests.labels(route, method, str(status)).inc, self.latency.labels(route).observe)
+            if route != "other":
+                self._series[(path, method, status)] = series
+        count, timed = series
+        count()
+        timed(seconds)
 
 
 class KeyCacheCollector(Collector):

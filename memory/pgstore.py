@@ -1,0 +1,105 @@
+"""`AsyncPostgresStore` whose batches send every read before waiting for any answer.
+
+LangGraph's async store gathers the operations of concurrent callers into one batch and runs it
+on one pooled connection in pipeline mode, but it waits for each read's rows before sending the
+next read: a batch of n gets (one query per namespace) and searches costs n round trips, and each
+wait is a trip through the event loop. Here a batch's reads go out on cursors of their own, all
+before the first fetch, so their answers come back in one round trip; then the writes follow
+exactly as upstream. The queries are upstream's own (`_get_batch_GET_ops_queries`,
+`_prepare_batch_search_queries`, `_get_batch_list_namespaces_queries`), in the same order and
+the same implicit transaction, so results are what `AsyncPostgresStore` returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+from langgraph.store.base import GetOp, ListNamespacesOp, PutOp, Result, SearchOp
+from langgraph.store.postgres import AsyncPostgresStore
+from langgraph.store.postgres.base import PLACEHOLDER, Row, _decode_ns_bytes, _row_to_item, _row_to_search_item
+from psycopg import AsyncConnection, AsyncCursor
+from psycopg.rows import DictRow, dict_row
+
+Pending = list[tuple[AsyncCursor[DictRow], Callable[[list[Row]], None]]]
+
+
+class PipelinedAsyncPostgresStore(AsyncPostgresStore):
+    """`AsyncPostgresStore` with one round trip for all the reads of a batch."""
+
+    async def _execute_batch(
+        self,
+        grouped_ops: dict,
+        results: list[Result],
+        conn: AsyncConnection[DictRow] | None = None,
+    ) -> None:
+        async with self._cursor(pipeline=True) as cur:
+            pending: Pending = []
+            if GetOp in grouped_ops:
+                await self._send_gets(cast(Sequence[tuple[int, GetOp]], grouped_ops[GetOp]), results, cur, pending)
+            if SearchOp in grouped_ops:
+                await self._send_searches(cast(Sequence[tuple[int, SearchOp]], grouped_ops[SearchOp]), results, cur, pending)
+            if ListNamespacesOp in grouped_ops:
+                list_ops = cast(Sequence[tuple[int, ListNamespacesOp]], grouped_ops[ListNamespacesOp])
+                await self._send_list_namespaces(list_ops, results, cur, pending)
+            try:
+                for reader, take in pending:  # the first fetch brings every answer
+                    take(cast(list[Row], await reader.fetchall()))
+            finally:
+                for reader, _ in pending:
+                    await reader.close()
+            if PutOp in grouped_ops:
+                await self._batch_put_ops(cast(Sequence[tuple[int, PutOp]], grouped_ops[PutOp]), cur)
+
+    async def _send(self, cur: AsyncCursor[DictRow], query: str, params: Any, pending: Pending, take: Callable) -> None:
+        reader = cur.connection.cursor(binary=True, row_factory=dict_row)
+        pending.append((reader, take))
+        await reader.execute(query, params)
+
+    async def _send_gets(
+        self, get_ops: Sequence[tuple[int, GetOp]], results: list[Result], cur: AsyncCursor[DictRow], pending: Pending
+    ) -> None:
+        for query, params, namespace, items in self._get_batch_GET_ops_queries(get_ops):
+
+            def take(rows: list[Row], namespace: tuple[str, ...] = namespace, items: list = items) -> None:
+                by_key = {row["key"]: row for row in rows}
+                for idx, key in items:
+                    row = by_key.get(key)
+                    results[idx] = _row_to_item(namespace, row, loader=self._deserializer) if row else None
+
+            await self._send(cur, query, params, pending, take)
+
+    async def _send_searches(
+        self, search_ops: Sequence[tuple[int, SearchOp]], results: list[Result], cur: AsyncCursor[DictRow], pending: Pending
+    ) -> None:
+        queries, embedding_requests = self._prepare_batch_search_queries(search_ops)
+        if embedding_requests and self.embeddings:
+            vectors = await self.embeddings.aembed_documents([query for _, query in embedding_requests])
+            for (idx, _), vector in zip(embedding_requests, vectors, strict=False):
+                params = queries[idx][1]
+                for i in range(len(params)):
+                    if params[i] is PLACEHOLDER:
+                        params[i] = vector
+        for (idx, _), (query, params) in zip(search_ops, queries, strict=False):
+
+            def take(rows: list[Row], idx: int = idx) -> None:
+                results[idx] = [
+                    _row_to_search_item(_decode_ns_bytes(row["prefix"]), row, loader=self._deserializer) for row in rows
+                ]
+
+            await self._send(cur, query, params, pending, take)
+
+    async def _send_list_namespaces(
+        self,
+        list_ops: Sequence[tuple[int, ListNamespacesOp]],
+        results: list[Result],
+        cur: AsyncCursor[DictRow],
+        pending: Pending,
+    ) -> None:
+        queries = self._get_batch_list_namespaces_queries(list_ops)
+        for (query, params), (idx, _) in zip(queries, list_ops, strict=False):
+
+            def take(rows: list[Row], idx: int = idx) -> None:
+                results[idx] = [_decode_ns_bytes(row["truncated_prefix"]) for row in rows]
+
+            await self._send(cur, query, params, pending, take)
