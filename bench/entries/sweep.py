@@ -14,7 +14,8 @@ transaction); ours walks the table in slices of about 10,000 expired rows, one D
 - `sweep_total_2x`: how the cost grows: ours on 4,000,000 rows (2,000,000 expired) / ours on the
   2,000,000 (<= 2.2: linear; quick mode 80,000 / 40,000). `sweep_ttl()`'s own growth is in the params.
 
-Full size runs each side once; quick mode repeats `--reps` times and takes medians.
+Full size runs each side three times (the loads dominate; single runs swung 1.4-1.6x on this machine);
+quick mode repeats `--reps` times; both take medians.
 """
 
 from __future__ import annotations
@@ -161,9 +162,12 @@ def _sweep(url: str, rows: int, seed: int, run: Callable[[str], tuple[float, int
     return Sweep(ended - started, longest, deleted, client.during(started, ended), batches)
 
 
+FULL_SIZE_REPS = 3
+
+
 def run(ctx: Context, entries: list[Entry]) -> Iterator[Measurement]:
     rows = ctx.size(2_000_000, 40_000)
-    reps = 1 if not ctx.quick else ctx.reps
+    reps = ctx.reps if ctx.quick else FULL_SIZE_REPS
     sides: dict[str, list[Sweep]] = {"ours": [], "baseline": [], "idle": [], "ours_2x": [], "baseline_2x": []}
     for scale in (1, 2) if GROWTH in entries else (1,):
         suffix = "" if scale == 1 else "_2x"
