@@ -124,7 +124,10 @@ SELECT k.thread_id, '', k.checkpoint_id, 'task', 0, 'messages', 'msgpack', decod
 
 BENCH_PRUNE_ANALYZE = "VACUUM (ANALYZE) memory_threads, checkpoints, checkpoint_blobs, checkpoint_writes"
 
-BENCH_CREATE_DATABASE_FROM = "CREATE DATABASE {} TEMPLATE {}"
+# A side's own copy of loaded data. FILE_COPY checkpoints before and after copying, so a side starts
+# with no dirty buffers and no checkpoint under way; the default (WAL_LOG) writes the whole copy to
+# the WAL, and the checkpoints that volume sets off then run during the next timed side.
+BENCH_CREATE_DATABASE_FROM = "CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY"
 
 # What a user of the plain saver has to select idle threads with: no timestamp column, so the
 # newest `ts` per thread over the whole table.

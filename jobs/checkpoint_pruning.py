@@ -75,6 +75,10 @@ from memory.tenancy import validate_tenant_id
 
 JOB = "prune_checkpoints"
 IDLE_MARK = f"{JOB}.idle"
+
+FULL_FIND_WORK_MEM = "64MB"
+"""Memory for a full pass's idle-thread find (one hash entry per thread: about 500,000 threads
+before it spills to disk; the server default, 4 MB, spills from about 30,000)."""
 """The idle pass's own mark (a row of `memory_job_watermarks`): the last run's cutoff, less `MARK_MARGIN`."""
 DEFAULT_THREAD_BATCH_SIZE = 1000
 """Idle threads deleted per statement (a deep-agent thread holds tens of rows per turn)."""
@@ -394,10 +398,16 @@ def _delete_idle_threads(run: _Run, now: datetime) -> None:
     run.idle_cutoff = now - timedelta(days=run.policy.idle_days)
     cutoff = _ts(run.idle_cutoff)
     floor = run.idle_floor  # at or past the cutoff (idle_days raised): nothing new can be idle
-    find = sql.PRUNE_IDLE_THREADS if floor is not None else sql.PRUNE_IDLE_THREADS_FULL
+    params = {"cutoff": cutoff, "tenant": run.tenant, "floor": floor}
+    if floor is not None:
+        found = run.fetch(sql.PRUNE_IDLE_THREADS, params)
+    else:
+        with run.conn.transaction():  # one statement; the memory setting ends with it
+            run.fetch(sql.PRUNE_FIND_MEMORY, {"work_mem": FULL_FIND_WORK_MEM})
+            found = run.fetch(sql.PRUNE_IDLE_THREADS_FULL, params)
     idle = [
         (row["thread_id"], _tenant_of(row["tenants"]))
-        for row in run.fetch(find, {"cutoff": cutoff, "tenant": run.tenant, "floor": floor})
+        for row in found
         if not run.held_back(row["thread_id"], row["tenants"])
     ]
     for start in range(0, len(idle), run.policy.thread_batch_size):

@@ -554,6 +554,8 @@ SELECT c.thread_id, ARRAY[{_PRUNE_ROW_TENANT}] AS tenants
  WHERE {_PRUNE_IN_TENANT}
  ORDER BY c.thread_id
 """
+# The full find's hash of threads in memory, for its own transaction only.
+PRUNE_FIND_MEMORY = "SELECT set_config('work_mem', %(work_mem)s, true)"
 # A batch of idle threads (with their tenants) in one statement: they go whole from the three
 # tables, with their owner rows. Each checkpoint deleted (or, dry, counted) says whether it is at
 # or after the cutoff: `live` lists the threads a run wrote to since they were selected, and the

@@ -211,6 +211,20 @@ def test_idle_threads_go_from_all_three_tables_and_live_ones_stay(svc, database_
     assert (recorded.run_id, recorded.counts["idle_threads"]) == (report.run_id, 2)
 
 
+def test_a_run_leaves_the_connections_settings_as_it_found_them(svc, database_url):
+    """Batches commit without waiting for the disk and the full find takes more memory, each for
+    its own transactions only: the caller's connection goes on with its own settings."""
+    turns(svc, "idle-acme", "acme", 1)
+    age_thread(database_url, "idle-acme", 40)
+    shown = "SELECT current_setting('synchronous_commit'), current_setting('lock_timeout'), current_setting('work_mem')"
+    with connect(database_url) as conn:
+        before = conn.execute(shown).fetchone()
+        report = prune_checkpoints(conn, PrunePolicy(idle_days=30, keep_latest=100), full=True)
+        after = conn.execute(shown).fetchone()
+    assert (report.counts["full_pass"], report.counts["idle_threads"]) == (1, 1)
+    assert after == before
+
+
 def test_a_thread_newer_than_the_cutoff_in_any_row_is_not_idle(svc, database_url):
     turns(svc, "half-old", "acme", 2)
     with connect(database_url) as conn:  # only its older half is old
