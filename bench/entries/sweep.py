@@ -80,10 +80,15 @@ class Sweep:
     deleted: int
     latencies_s: list[float] = field(default_factory=list)
     batches: int = 1
+    operations: list[str] = field(default_factory=list)
+    """Which operation each latency is of ("put" or "get")."""
 
     @property
     def p99_s(self) -> float:
         return p99(self.latencies_s)
+
+    def p99_of(self, operation: str) -> float:
+        return p99([latency for latency, op in zip(self.latencies_s, self.operations) if op == operation])
 
 
 def p99(latencies: list[float]) -> float:
@@ -101,7 +106,7 @@ class Client(threading.Thread):
         self.rows = rows
         self.rng = random.Random(seed)
         self.done = threading.Event()
-        self.samples: list[tuple[float, float]] = []
+        self.samples: list[tuple[float, float, str]] = []
 
     def run(self) -> None:
         with psycopg.connect(self.url, **CONNECTION_KWARGS) as conn:
@@ -116,12 +121,13 @@ class Client(threading.Thread):
                     store.put(namespace, key, {"content": f"rewritten {i}", "encoding": "utf-8"}, ttl=43200)
                 else:
                     store.get(namespace, key, refresh_ttl=False)
-                self.samples.append((started, time.perf_counter() - started))
+                self.samples.append((started, time.perf_counter() - started, "put" if operation % 2 else "get"))
                 operation += 1
                 time.sleep(CLIENT_INTERVAL_S)
 
-    def during(self, start: float, end: float) -> list[float]:
-        return [latency for began, latency in self.samples if start <= began <= end]
+    def during(self, start: float, end: float) -> list[tuple[float, str]]:
+        """(latency, operation) of the operations begun between `start` and `end`."""
+        return [(latency, operation) for began, latency, operation in self.samples if start <= began <= end]
 
 
 def _load(ctx: Context, dbname: str, rows: int) -> None:
@@ -159,7 +165,8 @@ def _sweep(url: str, rows: int, seed: int, run: Callable[[str], tuple[float, int
     ended = time.perf_counter()
     client.done.set()
     client.join()
-    return Sweep(ended - started, longest, deleted, client.during(started, ended), batches)
+    samples = client.during(started, ended)
+    return Sweep(ended - started, longest, deleted, [latency for latency, _ in samples], batches, [op for _, op in samples])
 
 
 FULL_SIZE_REPS = 3
@@ -198,6 +205,10 @@ def run(ctx: Context, entries: list[Entry]) -> Iterator[Measurement]:
         "ours_p99_ms": round(median("ours", lambda s: s.p99_s) * 1000, 2),
         "idle_p99_ms": round(median("idle", lambda s: s.p99_s) * 1000, 2),
         "baseline_p99_ms": round(median("baseline", lambda s: s.p99_s) * 1000, 2),
+        "p99_ms_by_operation": {
+            side: {op: round(median(side, lambda s, op=op: s.p99_of(op)) * 1000, 2) for op in ("put", "get")}
+            for side in ("ours", "idle")
+        },
         "client": f"one put or get every {CLIENT_INTERVAL_S * 1000:g} ms on random keys of the whole table",
         "client_ops": {side: [len(s.latencies_s) for s in sweeps] for side, sweeps in sides.items() if sweeps},
         "statistic": "median over reps of each figure; each side sweeps its own copy of the same loaded data",
