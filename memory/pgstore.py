@@ -1,6 +1,13 @@
-"""`AsyncPostgresStore` whose batches send every read before waiting for any answer.
+"""LangGraph's Postgres stores with a tenant's search served by an index, and async batches that
+send every read before waiting for any answer.
 
-LangGraph's async store gathers the operations of concurrent callers into one batch and runs it
+`TenantSearch` (both twins): a search whose namespace prefix is one label (a tenant: what every
+tenant key's search through the Store API is) says its namespace condition as "the first label is
+the tenant" (`sql.STORE_SEARCH_TENANT`, the same rows), which `memory_store_tenant_recent_idx`
+serves newest first: a page reads its own rows instead of sorting all of the tenant's items.
+Vector searches (ordered by score) keep upstream's condition.
+
+`PipelinedAsyncPostgresStore`: LangGraph's async store gathers the operations of concurrent callers into one batch and runs it
 on one pooled connection in pipeline mode, but it waits for each read's rows before sending the
 next read: a batch of n gets (one query per namespace) and searches costs n round trips, and each
 wait is a trip through the event loop. Here a batch's reads go out on cursors of their own, all
@@ -16,16 +23,41 @@ from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from langgraph.store.base import GetOp, ListNamespacesOp, PutOp, Result, SearchOp
-from langgraph.store.postgres import AsyncPostgresStore
+from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
 from langgraph.store.postgres.base import PLACEHOLDER, Row, _decode_ns_bytes, _row_to_item, _row_to_search_item
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import DictRow, dict_row
 
+from memory import sql
+
 Pending = list[tuple[AsyncCursor[DictRow], Callable[[list[Row]], None]]]
 
 
-class PipelinedAsyncPostgresStore(AsyncPostgresStore):
-    """`AsyncPostgresStore` with one round trip for all the reads of a batch."""
+class TenantSearch:
+    """Upstream's search queries, a one-label prefix's condition said as the tenant index's."""
+
+    def _prepare_batch_search_queries(self, search_ops: Sequence[tuple[int, SearchOp]]) -> tuple[list, list]:
+        queries, embedding_requests = super()._prepare_batch_search_queries(search_ops)  # type: ignore[misc]
+        scored = {idx for idx, _ in embedding_requests}
+        for idx, (_, op) in enumerate(search_ops):
+            query, params = queries[idx]
+            if (
+                len(op.namespace_prefix) == 1
+                and "." not in op.namespace_prefix[0]
+                and idx not in scored
+                and query.count(sql.STORE_SEARCH_NAMESPACE) == 1
+                and params[0] == op.namespace_prefix[0]
+            ):
+                queries[idx] = (query.replace(sql.STORE_SEARCH_NAMESPACE, sql.STORE_SEARCH_TENANT), [params[0], *params[2:]])
+        return queries, embedding_requests
+
+
+class TenantSearchPostgresStore(TenantSearch, PostgresStore):
+    """`PostgresStore` with `TenantSearch`."""
+
+
+class PipelinedAsyncPostgresStore(TenantSearch, AsyncPostgresStore):
+    """`AsyncPostgresStore` with `TenantSearch` and one round trip for all the reads of a batch."""
 
     async def _execute_batch(
         self,

@@ -14,7 +14,7 @@ from memory import migrations, quotas, usage
 from memory.db import aconnection, aopen_pool, connection, db_errors, open_pool
 from memory.embedded import EmbeddedPostgres
 from memory.errors import MemoryServiceError
-from memory.pgstore import PipelinedAsyncPostgresStore
+from memory.pgstore import PipelinedAsyncPostgresStore, TenantSearchPostgresStore
 from memory.prompt import with_memory_conventions
 from memory.saver import AsyncTenantPostgresSaver, TenantPostgresSaver
 from memory.settings import MemorySettings
@@ -109,7 +109,7 @@ class MemoryService:
             ) as pool:
                 with connection(pool) as conn:
                     quotas.apply_policy(conn, settings.quota_policy())
-                store = PostgresStore(pool, index=_index(settings), ttl=_ttl(settings))
+                store = TenantSearchPostgresStore(pool, index=_index(settings), ttl=_ttl(settings))
                 yield cls(settings, url, pool, store, TenantPostgresSaver(pool, legal_hold=_held(settings)))
         finally:
             if embedded is not None:

@@ -1051,6 +1051,15 @@ ON CONFLICT ON CONSTRAINT pk_memory_tenant_usage DO UPDATE SET files = EXCLUDED.
 QUOTA_TTL_PREFIX_INDEX = """CREATE INDEX CONCURRENTLY IF NOT EXISTS memory_store_ttl_prefix_idx
 ON store (prefix text_pattern_ops) WHERE ttl_minutes IS NOT NULL"""
 
+# A search under one tenant (a one-label namespace prefix, what every tenant key's search is) pages
+# its items newest first. Upstream's namespace condition for such a prefix (STORE_SEARCH_NAMESPACE)
+# means exactly "the first label is the tenant" (labels hold no '.'); said as STORE_SEARCH_TENANT,
+# this index serves it in order, so a page reads its own rows, not a sort of all the tenant's items.
+STORE_TENANT_RECENT_INDEX = """CREATE INDEX CONCURRENTLY IF NOT EXISTS memory_store_tenant_recent_idx
+ON store (split_part(prefix, '.', 1), updated_at DESC)"""
+STORE_SEARCH_NAMESPACE = r"(store.prefix = %s OR store.prefix LIKE %s ESCAPE '\')"
+STORE_SEARCH_TENANT = "split_part(store.prefix, '.', 1) = %s"
+
 QUOTA_LIMITS_PRESENT = "SELECT to_regclass('memory_quota_limits') IS NOT NULL AS present"
 QUOTA_LIMITS_ALL = """
 SELECT tenant, max_file_bytes, max_tenant_bytes, max_tenant_files FROM memory_quota_limits ORDER BY tenant

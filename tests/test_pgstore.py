@@ -1,14 +1,16 @@
-"""`PipelinedAsyncPostgresStore` answers every batch exactly as `AsyncPostgresStore` does."""
+"""`PipelinedAsyncPostgresStore` answers every batch exactly as `AsyncPostgresStore` does; a tenant's
+search (both twins) finds what upstream finds, through the tenant index."""
 
 from __future__ import annotations
 
 import asyncio
 
+import psycopg
 from langgraph.store.base import GetOp, ListNamespacesOp, PutOp, SearchOp
-from langgraph.store.postgres import AsyncPostgresStore
+from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
 
-from memory.db import aopen_pool
-from memory.pgstore import PipelinedAsyncPostgresStore
+from memory.db import CONNECTION_KWARGS, aopen_pool, open_pool
+from memory.pgstore import PipelinedAsyncPostgresStore, TenantSearchPostgresStore
 
 TTL = {"refresh_on_read": True, "omit_expired": True}
 
@@ -71,3 +73,42 @@ def test_every_kind_of_read_and_a_write_in_one_batch_answer_as_upstream(database
             assert repr(_plain(mine)).replace("'ours'", "'root'") == repr(_plain(upstream)).replace("'theirs'", "'root'"), index
     assert ours[0].value == {"n": 1, "content": "one"} and ours[1] is None and ours[10] is None
     assert [item.key for item in ours[5]] == ["k2"] and ours[6] == []
+
+
+NEIGHBOURS = [("a_b",), ("a_b", "x"), ("a_b", "x", "y"), ("aXb", "x"), ("a_bc", "x"), ("a%", "x"), ("b", "a_b"), ("a", "b")]
+"""Namespaces around tenant `a_b`: LIKE metacharacters, a longer tenant, the tenant as a deeper label."""
+
+
+def _found(items) -> list[tuple[tuple[str, ...], str]]:
+    return [(item.namespace, item.key) for item in items]
+
+
+def test_a_tenant_search_finds_what_upstream_finds_newest_first(database_url):
+    async def asearch(tenant):
+        async with await aopen_pool(database_url, 1, 2) as pool:
+            return _found(await PipelinedAsyncPostgresStore(pool, ttl=TTL).asearch((tenant,), limit=100))
+
+    with open_pool(database_url, 1, 2) as pool:
+        upstream, ours = PostgresStore(pool, ttl=TTL), TenantSearchPostgresStore(pool, ttl=TTL)
+        for n, namespace in enumerate(NEIGHBOURS * 2):  # written in turns: newest first interleaves them
+            upstream.put(namespace, f"k{n}", {"n": n})
+        for tenant in ("a_b", "aXb", "a%", "a", "b", "nobody"):
+            expected = _found(upstream.search((tenant,), limit=100))
+            assert _found(ours.search((tenant,), limit=100)) == expected, tenant
+            assert asyncio.run(asearch(tenant)) == expected, tenant
+        found = _found(ours.search(("a_b",), limit=100))
+        assert {namespace for namespace, _ in found} == {("a_b",), ("a_b", "x"), ("a_b", "x", "y")}
+        assert [key for _, key in found] == [f"k{n}" for n in (10, 9, 8, 2, 1, 0)]
+        assert _found(ours.search(("a_b",), limit=2, offset=1)) == found[1:3]
+
+
+def test_a_tenant_search_is_served_by_the_tenant_index(database_url):
+    """The query a tenant's search sends and the migration's index agree (no sort of the tenant's items)."""
+    with psycopg.connect(database_url, **CONNECTION_KWARGS) as conn:
+        store = TenantSearchPostgresStore(conn, ttl=TTL)
+        (query, params), = store._prepare_batch_search_queries([(0, SearchOp(("acme",), limit=10))])[0]
+        for setting in ("enable_seqscan", "enable_bitmapscan", "enable_sort"):
+            conn.execute(f"SET {setting} = off")
+        plan = "\n".join(row["QUERY PLAN"] for row in conn.execute("EXPLAIN " + query, params))
+    assert "memory_store_tenant_recent_idx" in plan, plan
+    assert "Sort" not in plan, plan

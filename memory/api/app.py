@@ -9,6 +9,9 @@ event loop, and closes it on shutdown.
   with the reason otherwise. The alembic head is read once at startup; one check runs at a time and
   its answer is reused for `READY_CACHE_S`, so a burst of probes costs one query.
 - `/metrics`: Prometheus text (`memory.api.metrics`).
+
+Every request passes `RequestMiddleware` (limits, metrics); then `StoreRoutes` sends the Store
+API's exact routes to `StoreApi` directly and everything else to Starlette's router.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 import psycopg
 from alembic.script import ScriptDirectory
 from langgraph.store.base import InvalidNamespaceError
@@ -32,12 +36,13 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from jobs import runs
 from memory import migrations, quotas, sql
 from memory.api import store as store_api
 from memory.api.auth import JwtAuth, KeyAuth, authenticator
-from memory.api.errors import ApiError
+from memory.api.errors import ApiError, refusal
 from memory.api.limits import RequestMiddleware
 from memory.api.metrics import ApiMetrics, JobCollector, QuotaCollector
 from memory.db import unavailable
@@ -90,17 +95,32 @@ class ReadyCheck:
         return True, f"ready: database reachable, schema at {state.label()}"
 
 
+class StoreRoutes:
+    """Middleware: the requests `endpoints` names (filled by the lifespan) go straight to their app."""
+
+    def __init__(self, app: ASGIApp, endpoints: dict[tuple[str, str], ASGIApp]) -> None:
+        self.app = app
+        self.endpoints = endpoints
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (endpoint := self.endpoints.get((scope["method"], scope["path"]))):
+            await endpoint(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 def _detail(status: int, detail: str) -> Response:
-    return store_api.json_response({"detail": detail}, status)
-
-
-async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    headers = {"www-authenticate": "x-api-key"} if exc.status == 401 else None
-    response = _detail(exc.status, exc.detail)
-    if headers:
-        response.headers.update(headers)
+    response = Response(orjson.dumps({"detail": detail}), status, media_type="application/json")
+    if status == 401:
+        response.headers["www-authenticate"] = "x-api-key"
     return response
+
+
+async def _refused(request: Request, exc: Exception) -> Response:
+    refused = refusal(exc, request.method, request.url.path)
+    if refused is None:
+        raise exc
+    return _detail(refused.status, refused.detail)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -108,19 +128,6 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         return _detail(404, f"not found: {request.url.path}; try /health, /ready, /metrics or /store/...")
     return _detail(exc.status_code, str(exc.detail))
-
-
-async def _invalid_namespace(request: Request, exc: Exception) -> Response:
-    return _detail(422, f"invalid namespace: {exc}")
-
-
-async def _database_error(request: Request, exc: Exception) -> Response:
-    if (refused := store_api.quota_status(exc)) is not None:
-        return _detail(refused.status, refused.detail)
-    if isinstance(exc, psycopg.DataError):
-        return _detail(422, f"the database refused the value: {' '.join(str(exc).split())}")
-    logger.warning("database error on %s %s: %s", request.method, request.url.path, exc)
-    return _detail(503, "database unavailable; retry later")
 
 
 def create_app(
@@ -161,6 +168,7 @@ def create_app(
             return None
 
     registry.register(QuotaCollector(quota_facts, tenant_labels=settings.serve_tenant_labels))
+    endpoints: dict[tuple[str, str], ASGIApp] = {}
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -170,6 +178,7 @@ def create_app(
             if auth is not None:
                 store = store_api.StoreApi(asvc.store, asvc.policy, auth, max_page=settings.api_max_page)
                 app.router.routes.extend(store.routes())
+                endpoints.update(dict.fromkeys(store.endpoints, store))
                 if isinstance(auth, KeyAuth):
                     await auth.start()
                     api_metrics.watch_key_cache(auth.cache)
@@ -194,13 +203,11 @@ def create_app(
         routes=[Route("/health", health), Route("/ready", ready), Route("/metrics", metrics)],
         middleware=[
             Middleware(RequestMiddleware, max_bytes=settings.api_max_body_bytes, observe=api_metrics.observe),
+            Middleware(StoreRoutes, endpoints=endpoints),
         ],
         exception_handlers={
-            ApiError: _api_error,
             HTTPException: _http_error,
-            InvalidNamespaceError: _invalid_namespace,
-            psycopg.Error: _database_error,
-            PoolTimeout: _database_error,
+            **dict.fromkeys((ApiError, InvalidNamespaceError, psycopg.Error, PoolTimeout), _refused),
         },
         lifespan=lifespan,
     )

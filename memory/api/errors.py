@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+
+import psycopg
+from langgraph.store.base import InvalidNamespaceError
+from psycopg_pool import PoolTimeout
+
 from memory.errors import MemoryServiceError
+from memory.quotas import QuotaExceeded
+
+logger = logging.getLogger(__name__)
 
 
 class ApiError(MemoryServiceError):
@@ -32,3 +41,25 @@ def conflict(detail: str) -> ApiError:
 
 def unavailable(detail: str) -> ApiError:
     return ApiError(503, detail)
+
+
+def quota_status(exc: BaseException) -> ApiError | None:
+    """A write the database refused for a tenant quota: 429 naming the limit and the usage; else None."""
+    refused = QuotaExceeded.from_error(exc)
+    return None if refused is None else ApiError(429, f"{refused}; nothing was written")
+
+
+def refusal(exc: Exception, method: str, path: str) -> ApiError | None:
+    """The answer to an exception a request raised; None for a bug (a 500 and a traceback)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, InvalidNamespaceError):
+        return unprocessable(f"invalid namespace: {exc}")
+    if not isinstance(exc, (psycopg.Error, PoolTimeout)):
+        return None
+    if (refused := quota_status(exc)) is not None:
+        return refused
+    if isinstance(exc, psycopg.DataError):
+        return unprocessable(f"the database refused the value: {' '.join(str(exc).split())}")
+    logger.warning("database error on %s %s: %s", method, path, exc)
+    return unavailable("database unavailable; retry later")
