@@ -15,20 +15,41 @@ before the first fetch, so their answers come back in one round trip; then the w
 exactly as upstream. The queries are upstream's own (`_get_batch_GET_ops_queries`,
 `_prepare_batch_search_queries`, `_get_batch_list_namespaces_queries`), in the same order and
 the same implicit transaction, so results are what `AsyncPostgresStore` returns.
+
+Its operations stay each caller's own: upstream fails every operation of a batch together (one
+transaction, one exception for all), so a write the database refuses for its tenant (a quota)
+would roll back the other callers' writes and hand them that tenant's error. Here a put is a batch
+of its own, and a search whose filter cannot be said in SQL is refused to its caller before it
+joins a batch (`InvalidSearch`); the batches callers share hold only reads and deletes, which the
+database refuses for all alike (it is down) or not at all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, cast
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, cast
 
-from langgraph.store.base import GetOp, ListNamespacesOp, PutOp, Result, SearchOp
+from langgraph.store.base import (
+    NOT_PROVIDED,
+    GetOp,
+    ListNamespacesOp,
+    NotProvided,
+    PutOp,
+    Result,
+    SearchItem,
+    SearchOp,
+    _ensure_refresh,
+    _ensure_ttl,
+    _validate_namespace,
+    _validate_namespace_labels,
+)
 from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
 from langgraph.store.postgres.base import PLACEHOLDER, Row, _decode_ns_bytes, _row_to_item, _row_to_search_item
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import DictRow, dict_row
 
 from memory import sql
+from memory.errors import MemoryServiceError
 
 Pending = list[tuple[AsyncCursor[DictRow], Callable[[list[Row]], None]]]
 
@@ -56,8 +77,49 @@ class TenantSearchPostgresStore(TenantSearch, PostgresStore):
     """`PostgresStore` with `TenantSearch`."""
 
 
+class InvalidSearch(MemoryServiceError, ValueError):
+    """A search the store cannot run (a filter with an unknown operator); nothing was read."""
+
+
 class PipelinedAsyncPostgresStore(TenantSearch, AsyncPostgresStore):
-    """`AsyncPostgresStore` with `TenantSearch` and one round trip for all the reads of a batch."""
+    """`AsyncPostgresStore` with `TenantSearch` and one round trip for all the reads of a batch;
+    puts and refused searches never share a batch with other callers."""
+
+    async def aput(
+        self,
+        namespace: tuple[str, ...],
+        key: str,
+        value: Mapping[str, Any],
+        index: Literal[False] | list[str] | None = None,
+        *,
+        ttl: float | None | NotProvided = NOT_PROVIDED,
+    ) -> None:
+        """Upstream's put, as a batch of its own: a refusal (or a rollback) is this write's alone."""
+        _validate_namespace(namespace)
+        await self.abatch([PutOp(namespace, key, value, index, ttl=_ensure_ttl(self.ttl_config, ttl))])
+
+    async def asearch(
+        self,
+        namespace_prefix: tuple[str, ...],
+        /,
+        *,
+        query: str | None = None,
+        filter: dict[str, Any] | None = None,  # noqa: A002 (upstream's name)
+        limit: int = 10,
+        offset: int = 0,
+        refresh_ttl: bool | None = None,
+    ) -> list[SearchItem]:
+        """Upstream's search; one whose query cannot be built raises `InvalidSearch` to this caller
+        before it joins the batch other callers share."""
+        _validate_namespace_labels(namespace_prefix)
+        op = SearchOp(namespace_prefix, filter, limit, offset, query, refresh_ttl=_ensure_refresh(self.ttl_config, refresh_ttl))
+        try:
+            self._prepare_batch_search_queries([(0, op)])
+        except ValueError as exc:
+            raise InvalidSearch(f"cannot search {'.'.join(namespace_prefix) or 'every namespace'}: {exc}") from exc
+        return await super().asearch(
+            namespace_prefix, query=query, filter=filter, limit=limit, offset=offset, refresh_ttl=refresh_ttl
+        )
 
     async def _execute_batch(
         self,

@@ -112,3 +112,58 @@ def test_a_tenant_search_is_served_by_the_tenant_index(database_url):
         plan = "\n".join(row["QUERY PLAN"] for row in conn.execute("EXPLAIN " + query, params))
     assert "memory_store_tenant_recent_idx" in plan, plan
     assert "Sort" not in plan, plan
+
+
+# -- each caller's operations stay its own --------------------------------------------------------
+
+
+def test_a_write_refused_for_one_tenant_fails_only_its_caller(database_url):
+    """Upstream fails a shared batch as a whole: one tenant's put over its quota would roll back the
+    other callers' writes and hand them that tenant's error. Here the others are untouched."""
+    from memory import MemoryService
+    from memory.quotas import QuotaExceeded
+
+    async def scenario():
+        async with MemoryService.aopen(
+            database_url=database_url, database_pool_max_size=6, quota_rules=[{"tenant": "full", "max_tenant_files": 1}]
+        ) as svc:
+            store = svc.store
+            await store.aput(("full", "memories"), "/a.md", {"content": "a"})
+            await store.aput(("other", "memories"), "/seen.md", {"content": "seen"})
+            await store.aput(("other", "memories"), "/gone.md", {"content": "gone"})
+            answers = await asyncio.gather(
+                store.aput(("full", "memories"), "/b.md", {"content": "over the quota"}),
+                store.aput(("other", "memories"), "/c.md", {"content": "c"}),
+                store.aget(("other", "memories"), "/seen.md"),
+                store.adelete(("other", "memories"), "/gone.md"),
+                store.asearch(("other",)),
+                return_exceptions=True,
+            )
+            keys = ((("other", "memories"), "/c.md"), (("other", "memories"), "/gone.md"), (("full", "memories"), "/b.md"))
+            return answers, [await store.aget(namespace, key) for namespace, key in keys]
+
+    (refused, put, got, deleted, found), (written, gone, over) = asyncio.run(scenario())
+    assert QuotaExceeded.from_error(refused) is not None, refused
+    assert put is None and deleted is None, (put, deleted)
+    assert got.value == {"content": "seen"} and isinstance(found, list), (got, found)
+    assert written.value == {"content": "c"} and gone is None and over is None
+
+
+def test_a_search_that_cannot_be_built_is_refused_to_its_caller_alone(database_url):
+    from memory.pgstore import InvalidSearch
+
+    async def scenario():
+        async with await aopen_pool(database_url, 1, 4) as pool:
+            store = PipelinedAsyncPostgresStore(pool)
+            await store.abatch(_seed("mine"))
+            return await asyncio.gather(
+                store.asearch(("theirs",), filter={"n": {"$bogus": 1}}),
+                store.aget(("mine", "a"), "k1"),
+                store.asearch(("mine",), filter={"n": {"$gt": 2}}),
+                return_exceptions=True,
+            )
+
+    refused, got, found = asyncio.run(scenario())
+    assert isinstance(refused, InvalidSearch) and "$bogus" in str(refused), refused
+    assert got.value["n"] == 1
+    assert sorted(item.value["n"] for item in found) == [3, 4]

@@ -592,6 +592,22 @@ def test_bad_namespaces_and_bodies_are_422_with_the_reason(server):
         nul = raw.put("/store/items", json={"namespace": [tenant], "key": "k", "value": {"c": "a\u0000b"}})
         assert nul.status_code == 422, nul.text
         assert raw.get("/nope").status_code == 404
+        bogus = raw.post("/store/items/search", json={"namespace_prefix": [tenant], "filter": {"n": {"$bogus": 1}}})
+        assert bogus.status_code == 422 and "$bogus" in bogus.json()["detail"], bogus.text
+
+
+def test_a_value_orjson_cannot_say_is_still_answered(server):
+    """An integer beyond 64 bits is valid JSON, and an agent's write keeps it exactly: get and search
+    return it (not a 500)."""
+    tenant = _tenant()
+    big = {"n": 2**70, "content": "big"}
+    with MemoryService.open(database_url=server.database_url, database_pool_max_size=2) as svc:
+        svc.store.put((tenant, "m"), "big", big)
+    with httpx.Client(base_url=server.url, headers={"x-api-key": server.key(tenant)}, timeout=30) as raw:
+        got = raw.get("/store/items", params={"namespace": f"{tenant}.m", "key": "big"})
+        found = raw.post("/store/items/search", json={"namespace_prefix": [tenant]})
+    assert got.status_code == 200 and json.loads(got.text)["value"] == big, got.text
+    assert found.status_code == 200 and [item["value"] for item in json.loads(found.text)["items"]] == [big], found.text
 
 
 def test_a_body_over_the_limit_is_413_announced_or_streamed(server):

@@ -9,6 +9,7 @@ from langgraph.store.base import InvalidNamespaceError
 from psycopg_pool import PoolTimeout
 
 from memory.errors import MemoryServiceError
+from memory.pgstore import InvalidSearch
 from memory.quotas import QuotaExceeded
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ def refusal(exc: Exception, method: str, path: str) -> ApiError | None:
         return exc
     if isinstance(exc, InvalidNamespaceError):
         return unprocessable(f"invalid namespace: {exc}")
+    if isinstance(exc, InvalidSearch):
+        return unprocessable(str(exc))
     if not isinstance(exc, (psycopg.Error, PoolTimeout)):
         return None
     if (refused := quota_status(exc)) is not None:

@@ -21,6 +21,7 @@ tenth of the server's CPU per request); its refusals are the same JSON as the ap
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -119,7 +120,7 @@ class StoreApi:
         if not who.owns(namespace):
             return orjson.dumps(None)  # as if there were no such item
         item = await self.store.aget(namespace, key, refresh_ttl=refresh)
-        return orjson.dumps(item.dict() if item is not None else None)
+        return _encode(item.dict() if item is not None else None)
 
     async def delete_item(self, scope: Scope, receive: Receive, who: Principal) -> None:
         body = await _json_object(receive)
@@ -149,7 +150,7 @@ class StoreApi:
         items = await self.store.asearch(
             scoped, query=query, filter=flt, limit=limit, offset=offset, refresh_ttl=refresh
         )
-        return orjson.dumps({"items": [item.dict() for item in items]})
+        return _encode({"items": [item.dict() for item in items]})
 
     async def list_namespaces(self, scope: Scope, receive: Receive, who: Principal) -> bytes:
         body = await _json_object(receive)
@@ -219,6 +220,15 @@ async def _body(receive: Receive) -> bytes:
         chunks.append(message.get("body", b""))
         more = message.get("more_body", False)
     return b"".join(chunks)
+
+
+def _encode(answer: Any) -> bytes:
+    """JSON of an answer holding stored values: orjson, or the standard library for what orjson
+    cannot say (an integer beyond 64 bits, which a put accepts and PostgreSQL keeps)."""
+    try:
+        return orjson.dumps(answer)
+    except orjson.JSONEncodeError:
+        return json.dumps(answer, default=str, separators=(",", ":")).encode()
 
 
 async def _json_object(receive: Receive) -> dict[str, Any]:
