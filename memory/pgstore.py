@@ -18,31 +18,33 @@ the same implicit transaction, so results are what `AsyncPostgresStore` returns.
 
 Its operations stay each caller's own: upstream fails every operation of a batch together (one
 transaction, one exception for all), so a write the database refuses for its tenant (a quota)
-would roll back the other callers' writes and hand them that tenant's error. Here a put is a batch
-of its own, and a search whose filter cannot be said in SQL is refused to its caller before it
-joins a batch (`InvalidSearch`); the batches callers share hold only reads and deletes, which the
-database refuses for all alike (it is down) or not at all.
+would roll back the other callers' writes and hand them that tenant's error. Here a batch of
+several operations that fails is run again one operation at a time (`_run_batches`), and a search
+whose filter cannot be said in SQL is refused to its caller before it joins a batch
+(`InvalidSearch`). Upstream runs one batch at a time; here each batch is a task of its own, so the
+next batch forms and goes to the database (on another pooled connection) while one is waiting.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal, cast
+import asyncio
+import contextlib
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 from langgraph.store.base import (
-    NOT_PROVIDED,
     GetOp,
     ListNamespacesOp,
-    NotProvided,
+    Op,
     PutOp,
     Result,
     SearchItem,
     SearchOp,
     _ensure_refresh,
-    _ensure_ttl,
-    _validate_namespace,
     _validate_namespace_labels,
 )
+from langgraph.store.base.batch import _dedupe_ops
 from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
 from langgraph.store.postgres.base import PLACEHOLDER, Row, _decode_ns_bytes, _row_to_item, _row_to_search_item
 from psycopg import AsyncConnection, AsyncCursor
@@ -82,21 +84,13 @@ class InvalidSearch(MemoryServiceError, ValueError):
 
 
 class PipelinedAsyncPostgresStore(TenantSearch, AsyncPostgresStore):
-    """`AsyncPostgresStore` with `TenantSearch` and one round trip for all the reads of a batch;
-    puts and refused searches never share a batch with other callers."""
+    """`AsyncPostgresStore` with `TenantSearch`, one round trip for all the reads of a batch,
+    batches that run side by side, and each caller's answer its own."""
 
-    async def aput(
-        self,
-        namespace: tuple[str, ...],
-        key: str,
-        value: Mapping[str, Any],
-        index: Literal[False] | list[str] | None = None,
-        *,
-        ttl: float | None | NotProvided = NOT_PROVIDED,
-    ) -> None:
-        """Upstream's put, as a batch of its own: a refusal (or a rollback) is this write's alone."""
-        _validate_namespace(namespace)
-        await self.abatch([PutOp(namespace, key, value, index, ttl=_ensure_ttl(self.ttl_config, ttl))])
+    def _ensure_task(self) -> None:
+        """The batch loop is `_run_batches` (upstream's `_run`, with batches of their own)."""
+        if self._task is None or self._task.done():
+            self._task = self._loop.create_task(_run_batches(self._aqueue, weakref.ref(self)))
 
     async def asearch(
         self,
@@ -197,3 +191,49 @@ class PipelinedAsyncPostgresStore(TenantSearch, AsyncPostgresStore):
                 results[idx] = [_decode_ns_bytes(row["truncated_prefix"]) for row in rows]
 
             await self._send(cur, query, params, pending, take)
+
+
+async def _run_batches(queue: asyncio.Queue[tuple[asyncio.Future, Op]], store: weakref.ReferenceType[Any]) -> None:
+    """Upstream's batch loop (`langgraph.store.base.batch._run`): the operations queued in one tick
+    of the event loop make one batch. Two changes: each batch runs as a task of its own (the next
+    one forms while it waits for the database, on another pooled connection), and a batch of
+    several operations that fails is run again one operation at a time, so each caller gets its own
+    answer: one tenant's refused write neither rolls back nor reaches the others."""
+    running: set[asyncio.Task] = set()
+    while item := await queue.get():
+        if item[0].done():  # cancelled while queued
+            continue
+        items = [item]
+        with contextlib.suppress(asyncio.QueueEmpty):
+            while item := queue.get_nowait():
+                if not item[0].done():
+                    items.append(item)
+        owner = store()
+        if owner is None:
+            break
+        task = asyncio.get_running_loop().create_task(_settle(owner, items))
+        running.add(task)
+        task.add_done_callback(running.discard)
+        del owner
+
+
+async def _settle(store: Any, items: list[tuple[asyncio.Future, Op]]) -> None:
+    """Run one batch and hand each caller its result; a failed batch of several, op by op."""
+    futures = [future for future, _ in items]
+    try:
+        listen, ops = _dedupe_ops([op for _, op in items])
+        results = await store.abatch(ops)
+        if listen is not None:
+            results = [results[ix] for ix in listen]
+    except Exception as exc:  # noqa: BLE001 (handed to the callers)
+        if len(items) == 1:
+            if not futures[0].done():
+                futures[0].set_exception(exc)
+            return
+        # Each again, alone (side by side): a put or delete of the failed batch that was applied
+        # already leaves the same when applied again.
+        await asyncio.gather(*(_settle(store, [alone]) for alone in items))
+        return
+    for future, result in zip(futures, results, strict=False):
+        if not future.done():
+            future.set_result(result)
