@@ -59,8 +59,14 @@ Pending = list[tuple[AsyncCursor[DictRow], Callable[[list[Row]], None]]]
 class TenantSearch:
     """Upstream's search queries, a one-label prefix's condition said as the tenant index's."""
 
+    tenant_index = True
+    """Whether `memory_store_tenant_recent_idx` is there (`MemoryService` checks when it opens and
+    after `setup()`); without it the searches stay upstream's, which the prefix index serves."""
+
     def _prepare_batch_search_queries(self, search_ops: Sequence[tuple[int, SearchOp]]) -> tuple[list, list]:
         queries, embedding_requests = super()._prepare_batch_search_queries(search_ops)  # type: ignore[misc]
+        if not self.tenant_index:
+            return queries, embedding_requests
         scored = {idx for idx, _ in embedding_requests}
         for idx, (_, op) in enumerate(search_ops):
             query, params = queries[idx]

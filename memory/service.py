@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
 
-from memory import migrations, quotas, usage
+from memory import migrations, quotas, sql, usage
 from memory.db import aconnection, aopen_pool, connection, db_errors, open_pool
 from memory.embedded import EmbeddedPostgres
 from memory.errors import MemoryServiceError
@@ -75,6 +75,16 @@ def _apply_quotas(url: str, settings: MemorySettings) -> None:
         quotas.apply_policy(conn, settings.quota_policy())
 
 
+def _tenant_index_ready(url: str, settings: MemorySettings) -> bool:
+    """Whether the tenant search index is there and valid (else searches keep upstream's query)."""
+    import psycopg
+
+    from memory.db import pool_kwargs
+
+    with psycopg.connect(url, **pool_kwargs(settings.database_prepare_threshold)) as conn:
+        return bool(conn.execute(sql.STORE_TENANT_INDEX_READY).fetchone()["ready"])
+
+
 class MemoryService:
     """Use `MemoryService.open()` (sync) or `MemoryService.aopen()` (async); both are context managers."""
 
@@ -109,7 +119,9 @@ class MemoryService:
             ) as pool:
                 with connection(pool) as conn:
                     quotas.apply_policy(conn, settings.quota_policy())
+                    tenant_index = conn.execute(sql.STORE_TENANT_INDEX_READY).fetchone()["ready"]
                 store = TenantSearchPostgresStore(pool, index=_index(settings), ttl=_ttl(settings))
+                store.tenant_index = tenant_index
                 yield cls(settings, url, pool, store, TenantPostgresSaver(pool, legal_hold=_held(settings)))
         finally:
             if embedded is not None:
@@ -130,7 +142,9 @@ class MemoryService:
             )
             async with pool:
                 await asyncio.to_thread(_apply_quotas, url, settings)
+                tenant_index = await asyncio.to_thread(_tenant_index_ready, url, settings)
                 store = PipelinedAsyncPostgresStore(pool, index=_index(settings), ttl=_ttl(settings))
+                store.tenant_index = tenant_index
                 yield cls(settings, url, pool, store, AsyncTenantPostgresSaver(pool, legal_hold=_held(settings)))
         finally:
             if embedded is not None:
@@ -148,6 +162,7 @@ class MemoryService:
             prepare_threshold=self.settings.database_prepare_threshold,
         )
         _apply_quotas(self.database_url, self.settings)
+        self.store.tenant_index = _tenant_index_ready(self.database_url, self.settings)
         return state
 
     async def asetup(self) -> migrations.SchemaState:

@@ -1057,6 +1057,11 @@ ON store (prefix text_pattern_ops) WHERE ttl_minutes IS NOT NULL"""
 # this index serves it in order, so a page reads its own rows, not a sort of all the tenant's items.
 STORE_TENANT_RECENT_INDEX = """CREATE INDEX CONCURRENTLY IF NOT EXISTS memory_store_tenant_recent_idx
 ON store (split_part(prefix, '.', 1), updated_at DESC)"""
+# Whether that index is there and valid: without it (code deployed before `memory db upgrade`, or a
+# build interrupted) the tenant condition would read the whole table, so searches keep upstream's.
+STORE_TENANT_INDEX_READY = """
+SELECT EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass('memory_store_tenant_recent_idx') AND indisvalid) AS ready
+"""
 STORE_SEARCH_NAMESPACE = r"(store.prefix = %s OR store.prefix LIKE %s ESCAPE '\')"
 STORE_SEARCH_TENANT = "split_part(store.prefix, '.', 1) = %s"
 

@@ -114,6 +114,32 @@ def test_a_tenant_search_is_served_by_the_tenant_index(database_url):
     assert "Sort" not in plan, plan
 
 
+def test_without_the_tenant_index_searches_stay_upstreams_until_setup_builds_it(database_url):
+    """Code deployed before `memory db upgrade` (or an interrupted build) must not turn every tenant
+    search into a read of the whole table: the tenant condition is used only once the index is there."""
+    from memory import MemoryService, migrations, sql
+
+    migrations.downgrade(database_url, "8d41f0c2b7e3")  # the schema before the index
+
+    def tenant_condition(store) -> bool:
+        (query, _), = store._prepare_batch_search_queries([(0, SearchOp(("acme",), limit=10))])[0]
+        return sql.STORE_SEARCH_TENANT in query
+
+    async def async_store_uses_it() -> bool:
+        async with MemoryService.aopen(database_url=database_url, database_pool_max_size=2) as svc:
+            return tenant_condition(svc.store)
+
+    with MemoryService.open(database_url=database_url, database_pool_max_size=2) as svc:
+        assert not tenant_condition(svc.store)
+        assert not asyncio.run(async_store_uses_it())
+        svc.store.put(("acme", "memories"), "/a.md", {"content": "a"})
+        assert [item.key for item in svc.store.search(("acme",))] == ["/a.md"]
+        svc.setup()
+        assert tenant_condition(svc.store)
+        assert [item.key for item in svc.store.search(("acme",))] == ["/a.md"]
+    assert asyncio.run(async_store_uses_it())
+
+
 # -- each caller's operations stay its own --------------------------------------------------------
 
 
