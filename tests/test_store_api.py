@@ -596,9 +596,9 @@ def test_bad_namespaces_and_bodies_are_422_with_the_reason(server):
         assert bogus.status_code == 422 and "$bogus" in bogus.json()["detail"], bogus.text
 
 
-def test_a_value_orjson_cannot_say_is_still_answered(server):
-    """An integer beyond 64 bits is valid JSON, and an agent's write keeps it exactly: get and search
-    return it (not a 500)."""
+def test_a_value_orjson_cannot_say_is_kept_and_answered(server):
+    """An integer beyond 64 bits is valid JSON: an agent's write and an API put keep it exactly, and
+    get and search return it (not a 500, not a float)."""
     tenant = _tenant()
     big = {"n": 2**70, "content": "big"}
     with MemoryService.open(database_url=server.database_url, database_pool_max_size=2) as svc:
@@ -608,6 +608,13 @@ def test_a_value_orjson_cannot_say_is_still_answered(server):
         found = raw.post("/store/items/search", json={"namespace_prefix": [tenant]})
     assert got.status_code == 200 and json.loads(got.text)["value"] == big, got.text
     assert found.status_code == 200 and [item["value"] for item in json.loads(found.text)["items"]] == [big], found.text
+    with httpx.Client(base_url=server.url, headers={"x-api-key": server.key(tenant)}, timeout=30) as raw:
+        put = raw.put("/store/items", json={"namespace": [tenant, "m"], "key": "sent", "value": big})
+        got = raw.get("/store/items", params={"namespace": f"{tenant}.m", "key": "sent"})
+        nan = raw.put("/store/items", content=b'{"namespace": ["%s"], "key": "k", "value": {"n": NaN}}' % tenant.encode(),
+                      headers={"content-type": "application/json"})
+    assert put.status_code == 204 and json.loads(got.text)["value"] == big, got.text  # as sent, not a float
+    assert nan.status_code == 422, nan.text  # NaN: not JSON, and not a value PostgreSQL keeps
 
 
 def test_a_body_over_the_limit_is_413_announced_or_streamed(server):

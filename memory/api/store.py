@@ -97,7 +97,7 @@ class StoreApi:
     # -- endpoints --------------------------------------------------------------------------
 
     async def put_item(self, scope: Scope, receive: Receive, who: Principal) -> None:
-        body = await _json_object(receive)
+        body = await _json_object(receive, exact=True)
         namespace = _namespace(body.get("namespace"), "namespace")
         key = _key(body.get("key"))
         value = body.get("value")
@@ -231,11 +231,13 @@ def _encode(answer: Any) -> bytes:
         return json.dumps(answer, default=str, separators=(",", ":")).encode()
 
 
-async def _json_object(receive: Receive) -> dict[str, Any]:
+async def _json_object(receive: Receive, *, exact: bool = False) -> dict[str, Any]:
+    """The body as a JSON object. `exact` (a put's value): the standard library's parser, which keeps
+    an integer beyond 64 bits as it was sent (orjson would make it a float)."""
     raw = await _body(receive)
     try:
-        body = orjson.loads(raw) if raw else None
-    except orjson.JSONDecodeError:
+        body = (json.loads(raw) if exact else orjson.loads(raw)) if raw else None
+    except ValueError:  # orjson's and json's decode errors, bad UTF-8
         raise unprocessable("the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise unprocessable("the request body must be a JSON object")
