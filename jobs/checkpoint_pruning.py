@@ -75,11 +75,12 @@ from memory.tenancy import validate_tenant_id
 
 JOB = "prune_checkpoints"
 IDLE_MARK = f"{JOB}.idle"
+"""The idle pass's own mark (a row of `memory_job_watermarks`): the last run's cutoff, less `MARK_MARGIN`."""
 
 FULL_FIND_WORK_MEM = "64MB"
 """Memory for a full pass's idle-thread find (one hash entry per thread: about 500,000 threads
 before it spills to disk; the server default, 4 MB, spills from about 30,000)."""
-"""The idle pass's own mark (a row of `memory_job_watermarks`): the last run's cutoff, less `MARK_MARGIN`."""
+
 DEFAULT_THREAD_BATCH_SIZE = 1000
 """Idle threads deleted per statement (a deep-agent thread holds tens of rows per turn)."""
 

@@ -19,9 +19,8 @@ the same implicit transaction, so results are what `AsyncPostgresStore` returns.
 Its operations stay each caller's own: upstream fails every operation of a batch together (one
 transaction, one exception for all), so a write the database refuses for its tenant (a quota)
 would roll back the other callers' writes and hand them that tenant's error. Here a batch of
-several operations that fails is run again one operation at a time (`_run_batches`), and a search
-whose filter cannot be said in SQL is refused to its caller before it joins a batch
-(`InvalidSearch`). Upstream runs one batch at a time; here each batch is a task of its own, so the
+several operations that fails is run again one operation at a time (`_run_batches`): a search
+whose filter cannot be said in SQL fails alone (`InvalidSearch`). Upstream runs one batch at a time; here each batch is a task of its own, so the
 next batch forms and goes to the database (on another pooled connection) while one is waiting.
 """
 
@@ -35,14 +34,13 @@ from typing import Any, cast
 
 from langgraph.store.base import (
     GetOp,
+    InvalidNamespaceError,
     ListNamespacesOp,
     Op,
     PutOp,
     Result,
     SearchItem,
     SearchOp,
-    _ensure_refresh,
-    _validate_namespace_labels,
 )
 from langgraph.store.base.batch import _dedupe_ops
 from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
@@ -109,17 +107,16 @@ class PipelinedAsyncPostgresStore(TenantSearch, AsyncPostgresStore):
         offset: int = 0,
         refresh_ttl: bool | None = None,
     ) -> list[SearchItem]:
-        """Upstream's search; one whose query cannot be built raises `InvalidSearch` to this caller
-        before it joins the batch other callers share."""
-        _validate_namespace_labels(namespace_prefix)
-        op = SearchOp(namespace_prefix, filter, limit, offset, query, refresh_ttl=_ensure_refresh(self.ttl_config, refresh_ttl))
+        """Upstream's search; one whose query cannot be built (a batch of its own by then: see
+        `_settle`) raises `InvalidSearch`."""
         try:
-            self._prepare_batch_search_queries([(0, op)])
+            return await super().asearch(
+                namespace_prefix, query=query, filter=filter, limit=limit, offset=offset, refresh_ttl=refresh_ttl
+            )
+        except InvalidNamespaceError:
+            raise
         except ValueError as exc:
             raise InvalidSearch(f"cannot search {'.'.join(namespace_prefix) or 'every namespace'}: {exc}") from exc
-        return await super().asearch(
-            namespace_prefix, query=query, filter=filter, limit=limit, offset=offset, refresh_ttl=refresh_ttl
-        )
 
     async def _execute_batch(
         self,

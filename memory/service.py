@@ -75,14 +75,19 @@ def _apply_quotas(url: str, settings: MemorySettings) -> None:
         quotas.apply_policy(conn, settings.quota_policy())
 
 
-def _tenant_index_ready(url: str, settings: MemorySettings) -> bool:
+def _tenant_index_on(conn: Any) -> bool:
     """Whether the tenant search index is there and valid (else searches keep upstream's query)."""
+    return bool(conn.execute(sql.STORE_TENANT_INDEX_READY).fetchone()["ready"])
+
+
+def _tenant_index_ready(url: str, settings: MemorySettings) -> bool:
+    """`_tenant_index_on` a connection of its own (for async callers, in a worker thread)."""
     import psycopg
 
     from memory.db import pool_kwargs
 
     with psycopg.connect(url, **pool_kwargs(settings.database_prepare_threshold)) as conn:
-        return bool(conn.execute(sql.STORE_TENANT_INDEX_READY).fetchone()["ready"])
+        return _tenant_index_on(conn)
 
 
 class MemoryService:
@@ -119,7 +124,7 @@ class MemoryService:
             ) as pool:
                 with connection(pool) as conn:
                     quotas.apply_policy(conn, settings.quota_policy())
-                    tenant_index = conn.execute(sql.STORE_TENANT_INDEX_READY).fetchone()["ready"]
+                    tenant_index = _tenant_index_on(conn)
                 store = TenantSearchPostgresStore(pool, index=_index(settings), ttl=_ttl(settings))
                 store.tenant_index = tenant_index
                 yield cls(settings, url, pool, store, TenantPostgresSaver(pool, legal_hold=_held(settings)))
