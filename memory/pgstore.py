@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from langgraph.store.base import (
@@ -44,14 +45,22 @@ from langgraph.store.base import (
 )
 from langgraph.store.base.batch import _dedupe_ops
 from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
-from langgraph.store.postgres.base import PLACEHOLDER, Row, _decode_ns_bytes, _row_to_item, _row_to_search_item
-from psycopg import AsyncConnection, AsyncCursor
+from langgraph.store.postgres.base import (
+    PLACEHOLDER,
+    Row,
+    _decode_ns_bytes,
+    _namespace_to_text,
+    _row_to_item,
+    _row_to_search_item,
+)
+from psycopg import AsyncConnection, AsyncCursor, Cursor
 from psycopg.rows import DictRow, dict_row
 
 from memory import sql
 from memory.errors import MemoryServiceError
 
-Pending = list[tuple[AsyncCursor[DictRow], Callable[[list[Row]], None]]]
+Pending = list[tuple[AsyncCursor[DictRow], Callable[[list[Row]], tuple[str, tuple] | None]]]
+"""Reads sent, each with what takes its rows (and returns a statement to send next, or None)."""
 
 
 class TenantSearch:
@@ -79,17 +88,71 @@ class TenantSearch:
         return queries, embedding_requests
 
 
-class TenantSearchPostgresStore(TenantSearch, PostgresStore):
-    """`PostgresStore` with `TenantSearch`."""
+@dataclass
+class GetRead:
+    """One namespace's gets as a plain read; then, for what it found, the TTL refresh (if any)."""
+
+    namespace: tuple[str, ...]
+    omit_expired: bool
+    wanted: list[tuple[int, str, bool]] = field(default_factory=list)
+    """(index in the batch's results, key, refresh_ttl) of each get."""
+
+    def statement(self) -> tuple[str, tuple[str, list[str]]]:
+        keys = list(dict.fromkeys(key for _, key, _ in self.wanted))
+        return _unexpired(sql.STORE_GET_ITEMS, self.omit_expired), (_namespace_to_text(self.namespace), keys)
+
+    def answer(self, rows: list[Row], results: list[Result], loader: Any) -> tuple[str, tuple] | None:
+        """Each get's item (or None) into `results`; the refresh to send next, when a found row
+        has a TTL and its get asked for a refresh."""
+        by_key = {row["key"]: row for row in rows}
+        refresh: dict[str, None] = {}
+        for idx, key, refresh_ttl in self.wanted:
+            row = by_key.get(key)
+            results[idx] = _row_to_item(self.namespace, row, loader=loader) if row else None
+            if row and refresh_ttl and row["ttl_minutes"] is not None:
+                refresh[key] = None
+        if not refresh:
+            return None
+        return _unexpired(sql.STORE_REFRESH_TTL, self.omit_expired), (_namespace_to_text(self.namespace), list(refresh))
+
+
+def _unexpired(query: str, omit_expired: bool) -> str:
+    return query + sql.STORE_NOT_EXPIRED if omit_expired else query
+
+
+class PlainGets:
+    """Gets said as `GetRead`s: a plain SELECT per namespace (`sql.STORE_GET_ITEMS`), the TTL
+    refresh a statement of its own for the found rows that have a TTL. Upstream's get statement
+    always holds the refresh UPDATE, which doubles a get's cost in PostgreSQL even when no row has
+    a TTL. The items returned and the expiry left behind are upstream's."""
+
+    def _get_reads(self, get_ops: Sequence[tuple[int, GetOp]]) -> list[GetRead]:
+        reads: dict[tuple[str, ...], GetRead] = {}
+        for idx, op in get_ops:
+            read = reads.setdefault(op.namespace, GetRead(op.namespace, self._omit_expired))  # type: ignore[attr-defined]
+            read.wanted.append((idx, op.key, op.refresh_ttl))
+        return list(reads.values())
+
+
+class TenantSearchPostgresStore(PlainGets, TenantSearch, PostgresStore):
+    """`PostgresStore` with `TenantSearch` and `PlainGets`."""
+
+    def _batch_get_ops(self, get_ops: Sequence[tuple[int, GetOp]], results: list[Result], cur: Cursor[DictRow]) -> None:
+        for read in self._get_reads(get_ops):
+            cur.execute(*read.statement())
+            refresh = read.answer(cast(list[Row], cur.fetchall()), results, self._deserializer)
+            if refresh is not None:
+                cur.execute(*refresh)
 
 
 class InvalidSearch(MemoryServiceError, ValueError):
     """A search the store cannot run (a filter with an unknown operator); nothing was read."""
 
 
-class PipelinedAsyncPostgresStore(TenantSearch, AsyncPostgresStore):
-    """`AsyncPostgresStore` with `TenantSearch`, one round trip for all the reads of a batch,
-    batches that run side by side, and each caller's answer its own."""
+class PipelinedAsyncPostgresStore(PlainGets, TenantSearch, AsyncPostgresStore):
+    """`AsyncPostgresStore` with `TenantSearch` and `PlainGets`, one round trip for all the reads of
+    a batch, a batch of one statement sent without pipeline mode, batches that run side by side,
+    and each caller's answer its own."""
 
     def _ensure_task(self) -> None:
         """The batch loop is `_run_batches` (upstream's `_run`, with batches of their own)."""
@@ -124,7 +187,7 @@ class PipelinedAsyncPostgresStore(TenantSearch, AsyncPostgresStore):
         results: list[Result],
         conn: AsyncConnection[DictRow] | None = None,
     ) -> None:
-        async with self._cursor(pipeline=True) as cur:
+        async with self._cursor(pipeline=not self._one_statement(grouped_ops)) as cur:
             pending: Pending = []
             if GetOp in grouped_ops:
                 await self._send_gets(cast(Sequence[tuple[int, GetOp]], grouped_ops[GetOp]), results, cur, pending)
@@ -133,14 +196,29 @@ class PipelinedAsyncPostgresStore(TenantSearch, AsyncPostgresStore):
             if ListNamespacesOp in grouped_ops:
                 list_ops = cast(Sequence[tuple[int, ListNamespacesOp]], grouped_ops[ListNamespacesOp])
                 await self._send_list_namespaces(list_ops, results, cur, pending)
+            refreshes = []
             try:
                 for reader, take in pending:  # the first fetch brings every answer
-                    take(cast(list[Row], await reader.fetchall()))
+                    if (refresh := take(cast(list[Row], await reader.fetchall()))) is not None:
+                        refreshes.append(refresh)
             finally:
                 for reader, _ in pending:
                     await reader.close()
+            for refresh in refreshes:
+                await cur.execute(*refresh)
             if PutOp in grouped_ops:
                 await self._batch_put_ops(cast(Sequence[tuple[int, PutOp]], grouped_ops[PutOp]), cur)
+
+    def _one_statement(self, grouped_ops: dict) -> bool:
+        """Whether the batch is one operation said in one statement (as most are under many
+        concurrent callers): that goes without pipeline mode, whose sync and flush cost about a
+        third of a get's CPU in the client. A get's refresh, when its row has a TTL, follows as a
+        statement of its own; a put that also writes vectors keeps the pipeline's one transaction."""
+        ops = [op for group in grouped_ops.values() for _, op in group]
+        if len(ops) != 1:
+            return False
+        op = ops[0]
+        return not isinstance(op, PutOp) or op.value is None or not self.index_config or op.index is False
 
     async def _send(self, cur: AsyncCursor[DictRow], query: str, params: Any, pending: Pending, take: Callable) -> None:
         reader = cur.connection.cursor(binary=True, row_factory=dict_row)
@@ -150,15 +228,12 @@ class PipelinedAsyncPostgresStore(TenantSearch, AsyncPostgresStore):
     async def _send_gets(
         self, get_ops: Sequence[tuple[int, GetOp]], results: list[Result], cur: AsyncCursor[DictRow], pending: Pending
     ) -> None:
-        for query, params, namespace, items in self._get_batch_GET_ops_queries(get_ops):
+        for read in self._get_reads(get_ops):
 
-            def take(rows: list[Row], namespace: tuple[str, ...] = namespace, items: list = items) -> None:
-                by_key = {row["key"]: row for row in rows}
-                for idx, key in items:
-                    row = by_key.get(key)
-                    results[idx] = _row_to_item(namespace, row, loader=self._deserializer) if row else None
+            def take(rows: list[Row], read: GetRead = read) -> tuple[str, tuple] | None:
+                return read.answer(rows, results, self._deserializer)
 
-            await self._send(cur, query, params, pending, take)
+            await self._send(cur, *read.statement(), pending, take)
 
     async def _send_searches(
         self, search_ops: Sequence[tuple[int, SearchOp]], results: list[Result], cur: AsyncCursor[DictRow], pending: Pending

@@ -1065,6 +1065,21 @@ SELECT EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass('memory_sto
 STORE_SEARCH_NAMESPACE = r"(store.prefix = %s OR store.prefix LIKE %s ESCAPE '\')"
 STORE_SEARCH_TENANT = "split_part(store.prefix, '.', 1) = %s"
 
+# Gets of one namespace (memory.pgstore.PlainGets): upstream says each as one statement holding an
+# UPDATE (`WITH updated AS (UPDATE store ...)`, the TTL refresh), which doubles a get's cost in
+# PostgreSQL even when no row has a TTL. Here the read is a plain SELECT that also says whether the
+# row has a TTL; the refresh (upstream's expression) is sent only for rows that have one.
+STORE_GET_ITEMS = """
+SELECT key, value, created_at, updated_at, ttl_minutes FROM store WHERE prefix = %s AND key = ANY(%s)
+"""
+STORE_REFRESH_TTL = """
+UPDATE store SET expires_at = NOW() + (ttl_minutes || ' minutes')::interval
+WHERE prefix = %s AND key = ANY(%s) AND ttl_minutes IS NOT NULL
+"""
+STORE_NOT_EXPIRED = " AND (expires_at IS NULL OR expires_at > NOW())"
+"""Appended to both when the store omits expired rows (upstream's `omit_expired`): an expired row
+is neither read nor revived."""
+
 QUOTA_LIMITS_PRESENT = "SELECT to_regclass('memory_quota_limits') IS NOT NULL AS present"
 QUOTA_LIMITS_ALL = """
 SELECT tenant, max_file_bytes, max_tenant_bytes, max_tenant_files FROM memory_quota_limits ORDER BY tenant

@@ -52,8 +52,9 @@ def test_every_kind_of_read_and_a_write_in_one_batch_answer_as_upstream(database
         async with await aopen_pool(database_url, 1, 4) as pool:
             upstream = AsyncPostgresStore(pool, ttl=TTL)
             pipelined = PipelinedAsyncPostgresStore(pool, ttl=TTL)
-            await upstream.abatch(_seed("theirs"))
-            await pipelined.abatch(_seed("ours"))
+            for theirs, ours in zip(_seed("theirs"), _seed("ours"), strict=True):  # apart: a search's order is defined
+                await upstream.abatch([theirs])
+                await pipelined.abatch([ours])
             answers = {}
             for root, store in (("theirs", upstream), ("ours", pipelined)):
                 # A get of a key written in the same batch sees the state before the batch, as upstream.
@@ -73,6 +74,75 @@ def test_every_kind_of_read_and_a_write_in_one_batch_answer_as_upstream(database
             assert repr(_plain(mine)).replace("'ours'", "'root'") == repr(_plain(upstream)).replace("'theirs'", "'root'"), index
     assert ours[0].value == {"n": 1, "content": "one"} and ours[1] is None and ours[10] is None
     assert [item.key for item in ours[5]] == ["k2"] and ours[6] == []
+
+
+# -- gets: a plain read, the TTL refresh only where a row has a TTL -------------------------------
+
+EXPIRY = """
+SELECT key, CASE WHEN expires_at IS NULL THEN 'none' WHEN expires_at <= now() THEN 'expired'
+                 WHEN expires_at > now() + interval '50 minutes' THEN 'renewed' ELSE 'left' END AS expiry
+FROM store WHERE prefix = %s ORDER BY key
+"""
+SHORTEN = """
+UPDATE store SET expires_at = CASE WHEN key = 'gone' THEN now() - interval '1 second' ELSE now() + interval '1 minute' END
+WHERE prefix = %s AND ttl_minutes IS NOT NULL
+"""
+
+
+def _refresh_batch(root: str) -> list:
+    namespace = (root, "t")
+    return [
+        GetOp(namespace, "renew"),
+        GetOp(namespace, "keep", refresh_ttl=False),
+        GetOp(namespace, "forever"),
+        GetOp(namespace, "gone"),
+        GetOp(namespace, "renew"),  # twice in one batch
+        SearchOp((root, "t"), refresh_ttl=False, limit=10),
+        PutOp(namespace, "new", {"n": 9}, ttl=60),
+    ]
+
+
+def test_gets_refresh_ttls_as_upstream_alone_and_in_batches(database_url):
+    """A get renews its row's TTL when asked and the row has one; it leaves the others, and never
+    revives an expired row: after the same batch (and the same lone gets) every row's expiry is
+    upstream's, on both twins, in pipeline mode and without."""
+    seed = [("renew", 60), ("keep", 60), ("forever", None), ("gone", 60), ("alone", 60)]
+
+    def prepare(conn, root: str, put) -> None:
+        for key, ttl in seed:
+            put(PutOp((root, "t"), key, {"key": key}, ttl=ttl))
+        conn.execute(SHORTEN, (f"{root}.t",))
+
+    def expiry(conn, root: str) -> dict[str, str]:
+        return {row["key"]: row["expiry"] for row in conn.execute(EXPIRY, (f"{root}.t",))}
+
+    with psycopg.connect(database_url, **CONNECTION_KWARGS) as conn:
+        sides = {}
+        with open_pool(database_url, 1, 2) as pool:
+            for root, store in (("sync_theirs", PostgresStore(pool, ttl=TTL)), ("sync_ours", TenantSearchPostgresStore(pool, ttl=TTL))):
+                prepare(conn, root, lambda op, store=store: store.batch([op]))
+                answers = store.batch(_refresh_batch(root))
+                alone = [store.get((root, "t"), "alone"), store.get((root, "t"), "gone")]
+                sides[root] = ([_plain(a) for a in answers + alone], expiry(conn, root))
+
+        async def async_sides() -> None:
+            async with await aopen_pool(database_url, 1, 4) as apool:
+                for root, store in (("async_theirs", AsyncPostgresStore(apool, ttl=TTL)),
+                                    ("async_ours", PipelinedAsyncPostgresStore(apool, ttl=TTL))):
+                    for key, ttl in seed:
+                        await store.abatch([PutOp((root, "t"), key, {"key": key}, ttl=ttl)])
+                    conn.execute(SHORTEN, (f"{root}.t",))
+                    answers = await store.abatch(_refresh_batch(root))
+                    alone = [await store.aget((root, "t"), "alone"), await store.aget((root, "t"), "gone")]
+                    sides[root] = ([_plain(a) for a in answers + alone], expiry(conn, root))
+
+        asyncio.run(async_sides())
+
+    expected_expiry = {"renew": "renewed", "keep": "left", "forever": "none", "gone": "expired", "alone": "renewed", "new": "renewed"}
+    for root, (answers, expiries) in sides.items():
+        assert expiries == expected_expiry, root
+        assert repr(answers).replace(f"'{root}'", "'root'") == repr(sides["sync_theirs"][0]).replace("'sync_theirs'", "'root'"), root
+        assert [a["key"] if a else None for a in answers[:5] + answers[7:]] == ["renew", "keep", "forever", None, "renew", "alone", None]
 
 
 NEIGHBOURS = [("a_b",), ("a_b", "x"), ("a_b", "x", "y"), ("aXb", "x"), ("a_bc", "x"), ("a%", "x"), ("b", "a_b"), ("a", "b")]
