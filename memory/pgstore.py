@@ -43,7 +43,6 @@ from langgraph.store.base import (
     SearchItem,
     SearchOp,
 )
-from langgraph.store.base import _ensure_refresh
 from langgraph.store.base.batch import _dedupe_ops
 from langgraph.store.postgres import AsyncPostgresStore, PostgresStore
 from langgraph.store.postgres.base import (
@@ -181,26 +180,6 @@ class PipelinedAsyncPostgresStore(PlainGets, TenantSearch, AsyncPostgresStore):
             raise
         except ValueError as exc:
             raise InvalidSearch(f"cannot search {'.'.join(namespace_prefix) or 'every namespace'}: {exc}") from exc
-
-    async def arun(self, op: Op) -> Result:
-        """One operation now, as a batch of its own: past the queue that gathers concurrent callers'
-        operations into batches. For callers whose operations are independent (the Store API's
-        requests): under concurrency most batches held one operation anyway, and the queue's hops
-        (a future, the batch loop's wake-up, a task) cost about a sixth of a get's CPU here. The op
-        is as upstream's methods make it (`GetOp(..., refresh_ttl=self.refresh_on_read(...))`)."""
-        try:
-            (result,) = await self.abatch([op])
-        except InvalidNamespaceError:
-            raise
-        except ValueError as exc:
-            if not isinstance(op, SearchOp):
-                raise
-            raise InvalidSearch(f"cannot search {'.'.join(op.namespace_prefix) or 'every namespace'}: {exc}") from exc
-        return result
-
-    def refresh_on_read(self, refresh_ttl: bool | None) -> bool:
-        """A read's `refresh_ttl` as upstream resolves it: the caller's, else the TTL config's."""
-        return _ensure_refresh(self.ttl_config, refresh_ttl)
 
     async def _execute_batch(
         self,

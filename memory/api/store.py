@@ -11,8 +11,7 @@ A tenant's credentials reach the namespaces whose first label is the tenant: a w
 delete) elsewhere is 403; a read elsewhere finds nothing (null, no items, no namespaces), exactly
 as if nothing were there, so a response never tells that another tenant exists. Searches and
 listings without a prefix are confined to the caller's tenant. Admin credentials reach all.
-Each request's operation runs as a batch of its own (`PipelinedAsyncPostgresStore.arun`: LangGraph's
-`AsyncPostgresStore` underneath, so its vector index stays in step) with the TTL
+Writes go through the official `AsyncPostgresStore` (its vector index stays in step) with the TTL
 the retention policy gives, and deletes of a tenant under legal hold are refused (409).
 
 `StoreApi` is a raw ASGI app: `memory.api.app` sends these five routes to it straight from its one
@@ -29,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from langgraph.store.base import GetOp, PutOp, SearchOp
+from langgraph.store.postgres import AsyncPostgresStore
 from starlette.datastructures import Headers, QueryParams
 from starlette.requests import ClientDisconnect
 from starlette.routing import Route
@@ -38,7 +37,6 @@ from starlette.types import Receive, Scope, Send
 from memory.api.auth import Authenticator
 from memory.api.errors import ApiError, conflict, forbidden, refusal, unprocessable
 from memory.apikeys import Principal
-from memory.pgstore import PipelinedAsyncPostgresStore
 from memory.retention import RetentionPolicy
 from memory.tenancy import InvalidNamespace, validate_namespace
 
@@ -53,7 +51,7 @@ Handler = Callable[[Scope, Receive, Principal], Awaitable[bytes | None]]
 class StoreApi:
     """What the endpoints need: the store, the policy, who is calling, the largest page."""
 
-    store: PipelinedAsyncPostgresStore
+    store: AsyncPostgresStore
     policy: RetentionPolicy
     auth: Authenticator
     max_page: int = 1000
@@ -110,7 +108,7 @@ class StoreApi:
             raise unprocessable("index must be false, null or a list of field paths")
         ttl = _ttl(body.get("ttl"))
         _require_owner(who, namespace)
-        await self.store.arun(PutOp(namespace, key, value, index, ttl=self.ttl_for(namespace, key, ttl)))
+        await self.store.aput(namespace, key, value, index=index, ttl=self.ttl_for(namespace, key, ttl))
 
     async def get_item(self, scope: Scope, receive: Receive, who: Principal) -> bytes:
         params = QueryParams(scope["query_string"])
@@ -121,7 +119,7 @@ class StoreApi:
         refresh = _flag(params.get("refresh_ttl"), "refresh_ttl")
         if not who.owns(namespace):
             return orjson.dumps(None)  # as if there were no such item
-        item = await self.store.arun(GetOp(namespace, key, refresh_ttl=self.store.refresh_on_read(refresh)))
+        item = await self.store.aget(namespace, key, refresh_ttl=refresh)
         return _encode(item.dict() if item is not None else None)
 
     async def delete_item(self, scope: Scope, receive: Receive, who: Principal) -> None:
@@ -131,7 +129,7 @@ class StoreApi:
         _require_owner(who, namespace)
         if namespace[0] in self.policy.legal_hold:
             raise conflict(f"tenant {namespace[0]!r} is under legal hold ([retention] legal_hold): nothing of it is deleted")
-        await self.store.arun(PutOp(namespace, key, None))
+        await self.store.adelete(namespace, key)
 
     async def search_items(self, scope: Scope, receive: Receive, who: Principal) -> bytes:
         body = await _json_object(receive)
@@ -149,8 +147,8 @@ class StoreApi:
         scoped = scope_prefix(who, prefix)
         if scoped is None:
             return orjson.dumps({"items": []})
-        items = await self.store.arun(
-            SearchOp(scoped, flt, limit, offset, query, refresh_ttl=self.store.refresh_on_read(refresh))
+        items = await self.store.asearch(
+            scoped, query=query, filter=flt, limit=limit, offset=offset, refresh_ttl=refresh
         )
         return _encode({"items": [item.dict() for item in items]})
 
