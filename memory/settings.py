@@ -101,6 +101,7 @@ class MemorySettings(BaseSettings):
     database_pool_max_size: int = Field(20, ge=1)
     database_schema: str = "public"
     database_prepare_threshold: int | None = Field(0, ge=0)
+    database_batches_in_flight: int = Field(1, ge=1)
     data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir(APP_NAME)))
 
     namespace_scope: list[str] = ["assistant_id"]

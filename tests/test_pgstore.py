@@ -263,3 +263,39 @@ def test_a_search_that_cannot_be_built_is_refused_to_its_caller_alone(database_u
     assert isinstance(refused, InvalidSearch) and "$bogus" in str(refused), refused
     assert got.value["n"] == 1
     assert sorted(item.value["n"] for item in found) == [3, 4]
+
+
+def test_batches_in_flight_bounds_the_batches_at_the_database(database_url):
+    """`[database] batches_in_flight` reaches the async store, and no more batches than that run at
+    once, however the callers arrive; every caller still gets its own answer."""
+    from memory import MemoryService
+
+    async def peak(in_flight: int) -> int:
+        async with MemoryService.aopen(database_url=database_url, database_pool_max_size=8,
+                                       database_batches_in_flight=in_flight) as svc:
+            store = svc.store
+            assert store.batches_in_flight == in_flight
+            running = highest = 0
+            execute = store._execute_batch
+
+            async def counted(*args, **kwargs):
+                nonlocal running, highest
+                running += 1
+                highest = max(highest, running)
+                try:
+                    return await execute(*args, **kwargs)
+                finally:
+                    running -= 1
+
+            store._execute_batch = counted
+
+            async def caller(n: int) -> None:
+                await asyncio.sleep(n % 7 * 0.001)  # arrivals spread over several ticks
+                await store.aput((f"t{n % 3}", "memories"), f"/{n}.md", {"n": n})
+                assert (await store.aget((f"t{n % 3}", "memories"), f"/{n}.md")).value == {"n": n}
+
+            await asyncio.gather(*(caller(n) for n in range(60)))
+            return highest
+
+    assert asyncio.run(peak(1)) == 1
+    assert 1 <= asyncio.run(peak(2)) <= 2
