@@ -20,8 +20,12 @@ Its operations stay each caller's own: upstream fails every operation of a batch
 transaction, one exception for all), so a write the database refuses for its tenant (a quota)
 would roll back the other callers' writes and hand them that tenant's error. Here a batch of
 several operations that fails is run again one operation at a time (`_run_batches`): a search
-whose filter cannot be said in SQL fails alone (`InvalidSearch`). Upstream runs one batch at a time; here each batch is a task of its own, so the
-next batch forms and goes to the database (on another pooled connection) while one is waiting.
+whose filter cannot be said in SQL fails alone (`InvalidSearch`). Upstream runs one batch at a
+time; here up to `batches_in_flight` run at once (default one: bigger batches cost less CPU).
+
+Gets (`PlainGets`, both twins) are plain SELECTs; the TTL refresh that upstream puts in every get
+statement is sent only for found rows that have a TTL. A batch of one statement (most under light
+load) is sent without pipeline mode.
 """
 
 from __future__ import annotations
@@ -151,8 +155,8 @@ class InvalidSearch(MemoryServiceError, ValueError):
 
 class PipelinedAsyncPostgresStore(PlainGets, TenantSearch, AsyncPostgresStore):
     """`AsyncPostgresStore` with `TenantSearch` and `PlainGets`, one round trip for all the reads of
-    a batch, a batch of one statement sent without pipeline mode, batches that run side by side,
-    and each caller's answer its own."""
+    a batch, a batch of one statement sent without pipeline mode, `batches_in_flight` batches at
+    once, and each caller's answer its own."""
 
     batches_in_flight = 1
     """Batches at the database at once (`[database] batches_in_flight`); operations arriving
