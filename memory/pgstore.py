@@ -220,8 +220,8 @@ class PipelinedAsyncPostgresStore(PlainGets, TenantSearch, AsyncPostgresStore):
                 await self._batch_put_ops(cast(Sequence[tuple[int, PutOp]], grouped_ops[PutOp]), cur)
 
     def _one_statement(self, grouped_ops: dict) -> bool:
-        """Whether the batch is one operation said in one statement (as most are under many
-        concurrent callers): that goes without pipeline mode, whose sync and flush cost about a
+        """Whether the batch is one operation said in one statement (as most are under light load):
+        that goes without pipeline mode, whose sync and flush cost about a
         third of a get's CPU in the client. A get's refresh, when its row has a TTL, follows as a
         statement of its own; a put that also writes vectors keeps the pipeline's one transaction."""
         ops = [op for group in grouped_ops.values() for _, op in group]
@@ -284,10 +284,10 @@ class PipelinedAsyncPostgresStore(PlainGets, TenantSearch, AsyncPostgresStore):
 async def _run_batches(queue: asyncio.Queue[tuple[asyncio.Future, Op]], store: weakref.ReferenceType[Any]) -> None:
     """Upstream's batch loop (`langgraph.store.base.batch._run`): the operations queued by the time
     a batch can start make one batch. Two changes: up to the store's `batches_in_flight` (read when
-the loop starts, after the service has set it) run at once, each a
-    task of its own (on its own pooled connection), and a batch of several operations that fails is
-    run again one operation at a time, so each caller gets its own answer: one tenant's refused
-    write neither rolls back nor reaches the others."""
+    the loop starts, after the service has set it) run at once, each a task of its own on its own
+    pooled connection; and a batch of several operations that fails is run again one operation at
+    a time, so each caller gets its own answer: one tenant's refused write neither rolls back nor
+    reaches the others."""
     running: set[asyncio.Task] = set()
     owner = store()
     slots = asyncio.Semaphore(owner.batches_in_flight if owner is not None else 1)
@@ -295,10 +295,10 @@ the loop starts, after the service has set it) run at once, each a
     while True:
         await slots.acquire()
         item = await queue.get()
-        if not item or item[0].done():  # the end; an operation cancelled while queued
+        if not item:
+            break
+        if item[0].done():  # cancelled while queued
             slots.release()
-            if not item:
-                break
             continue
         items = [item]
         with contextlib.suppress(asyncio.QueueEmpty):
