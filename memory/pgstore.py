@@ -164,10 +164,14 @@ class PipelinedAsyncPostgresStore(PlainGets, TenantSearch, AsyncPostgresStore):
     clients, bigger batches (fewer transactions and round trips) cost server and PostgreSQL 13%
     less CPU than a batch per tick. More keep callers moving when a batch waits long (embeddings)."""
 
+    def __init__(self, *args: Any, batches_in_flight: int = 1, **kwargs: Any) -> None:
+        self.batches_in_flight = batches_in_flight  # before upstream's __init__ starts the batch loop
+        super().__init__(*args, **kwargs)
+
     def _ensure_task(self) -> None:
         """The batch loop is `_run_batches` (upstream's `_run`, each batch a task of its own)."""
         if self._task is None or self._task.done():
-            self._task = self._loop.create_task(_run_batches(self._aqueue, weakref.ref(self)))
+            self._task = self._loop.create_task(_run_batches(self._aqueue, weakref.ref(self), self.batches_in_flight))
 
     async def asearch(
         self,
@@ -281,17 +285,16 @@ class PipelinedAsyncPostgresStore(PlainGets, TenantSearch, AsyncPostgresStore):
             await self._send(cur, query, params, pending, take)
 
 
-async def _run_batches(queue: asyncio.Queue[tuple[asyncio.Future, Op]], store: weakref.ReferenceType[Any]) -> None:
+async def _run_batches(
+    queue: asyncio.Queue[tuple[asyncio.Future, Op]], store: weakref.ReferenceType[Any], in_flight: int
+) -> None:
     """Upstream's batch loop (`langgraph.store.base.batch._run`): the operations queued by the time
-    a batch can start make one batch. Two changes: up to the store's `batches_in_flight` (read when
-    the loop starts, after the service has set it) run at once, each a task of its own on its own
-    pooled connection; and a batch of several operations that fails is run again one operation at
-    a time, so each caller gets its own answer: one tenant's refused write neither rolls back nor
-    reaches the others."""
+    a batch can start make one batch. Two changes: up to `in_flight` batches run at once, each a
+    task of its own on its own pooled connection; and a batch of several operations that fails is
+    run again one operation at a time, so each caller gets its own answer: one tenant's refused
+    write neither rolls back nor reaches the others."""
     running: set[asyncio.Task] = set()
-    owner = store()
-    slots = asyncio.Semaphore(owner.batches_in_flight if owner is not None else 1)
-    del owner
+    slots = asyncio.Semaphore(in_flight)
     while True:
         await slots.acquire()
         item = await queue.get()

@@ -148,9 +148,10 @@ class MemoryService:
             async with pool:
                 await asyncio.to_thread(_apply_quotas, url, settings)
                 tenant_index = await asyncio.to_thread(_tenant_index_ready, url, settings)
-                store = PipelinedAsyncPostgresStore(pool, index=_index(settings), ttl=_ttl(settings))
+                store = PipelinedAsyncPostgresStore(
+                    pool, index=_index(settings), ttl=_ttl(settings), batches_in_flight=settings.database_batches_in_flight
+                )
                 store.tenant_index = tenant_index
-                store.batches_in_flight = settings.database_batches_in_flight
                 yield cls(settings, url, pool, store, AsyncTenantPostgresSaver(pool, legal_hold=_held(settings)))
         finally:
             if embedded is not None:
