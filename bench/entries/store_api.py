@@ -152,8 +152,9 @@ async def _client_loop(url: str, api_key: str | None, tenant: str, rounds: int, 
         await client.aclose()
 
 
-def workload(url: str, keys: list[str | None], tenants: list[str], rounds: int, tag: str) -> tuple[float, list[float]]:
-    """Seconds for CLIENTS clients doing `rounds` rounds each, and every operation's latency."""
+def workload(url: str, keys: list[str | None], tenants: list[str], rounds: int, tag: str) -> tuple[float, float, list[float]]:
+    """Seconds for CLIENTS clients doing `rounds` rounds each, the client process's CPU seconds
+    meanwhile, and every operation's latency."""
     latencies: list[float] = []
 
     async def run() -> None:
@@ -161,9 +162,9 @@ def workload(url: str, keys: list[str | None], tenants: list[str], rounds: int, 
             _client_loop(url, key, tenant, rounds, tag, latencies) for key, tenant in zip(keys, tenants, strict=True)
         ))
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     asyncio.run(run())
-    return time.perf_counter() - start, latencies
+    return time.perf_counter() - start, time.process_time() - cpu_start, latencies
 
 
 def p99(latencies: list[float]) -> float:
@@ -179,6 +180,7 @@ def run(ctx: Context, entries: list[Entry]) -> Iterator[Measurement]:
     tenants = [f"bench-{index:02d}" for index in range(CLIENTS)]
     seconds: dict[str, list[float]] = {"ours": [], "uncached": [], "theirs": []}
     p99s: dict[str, list[float]] = {"ours": [], "uncached": [], "theirs": []}
+    client_cpu: dict[str, list[float]] = {"ours": [], "uncached": [], "theirs": []}
     with ctx.service("store_api") as svc:
         with psycopg.connect(svc.database_url, autocommit=True, row_factory=dict_row) as conn:
             keys: list[str | None] = [create_key(conn, tenant, name="bench")[1] for tenant in tenants]
@@ -193,8 +195,9 @@ def run(ctx: Context, entries: list[Entry]) -> Iterator[Measurement]:
                 workload(url, side_keys, tenants, max(2, rounds // 5), "warm")
             for rep in range(ctx.reps):
                 for side, url, side_keys in sides[rep % 3 :] + sides[: rep % 3]:  # who goes first rotates
-                    elapsed, latencies = workload(url, side_keys, tenants, rounds, f"r{rep}-{side}")
+                    elapsed, cpu, latencies = workload(url, side_keys, tenants, rounds, f"r{rep}-{side}")
                     seconds[side].append(elapsed)
+                    client_cpu[side].append(cpu)
                     p99s[side].append(p99(latencies))
     operations = CLIENTS * rounds * 3
     median = {side: statistics.median(values) for side, values in seconds.items()}
@@ -205,6 +208,17 @@ def run(ctx: Context, entries: list[Entry]) -> Iterator[Measurement]:
         "reps": ctx.reps,
         **{f"{side}_ops_per_s": round(operations / median[side], 1) for side in median},
         **{f"{side}_p99_ms": round(median_p99[side] * 1000, 2) for side in median_p99},
+        **{f"{side}_seconds_per_rep": [round(value, 2) for value in values] for side, values in seconds.items()},
+        # The one client process is the pace-setter: CPU per operation it spends, and the share of
+        # the wall time it keeps a core busy (1.0 = never waiting on the server).
+        **{
+            f"{side}_client_cpu_ms_per_op": round(statistics.median(values) / operations * 1000, 3)
+            for side, values in client_cpu.items()
+        },
+        **{
+            f"{side}_client_busy": round(statistics.median(c / s for c, s in zip(client_cpu[side], seconds[side])), 2)
+            for side in seconds
+        },
         "ours": "memory serve --no-jobs (PostgreSQL, API keys, uvicorn httptools + uvloop), default key cache (LISTEN/NOTIFY)",
         "uncached": f"the same with [api] key_cache_s = {NO_KEY_CACHE}",
         "statistic": "median over reps of total seconds / of per-rep p99; the sides' order rotates",
