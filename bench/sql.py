@@ -146,3 +146,7 @@ BENCH_PRUNE_COUNTS = """
 SELECT (SELECT count(*) FROM checkpoints) AS checkpoints, (SELECT count(DISTINCT thread_id) FROM checkpoints) AS threads,
        (SELECT count(*) FROM checkpoint_blobs) AS blobs, (SELECT count(*) FROM checkpoint_writes) AS writes
 """
+
+# -- benchmark: Store API (bench/entries/store_api.py) -------------------------------------------
+# Where the server keeps its data (postmaster.pid there names the process whose CPU is counted).
+BENCH_DATA_DIRECTORY = "SHOW data_directory"

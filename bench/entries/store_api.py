@@ -6,11 +6,21 @@ Each client owns one namespace (its own tenant, with its own key on our side) an
 put -> get -> search(limit 10) on it. Both servers run as subprocesses on loopback; the sides
 alternate, each after one warm-up round. Throughput: total seconds for the same operations
 (ratio = theirs / ours = our ops/s over theirs). Latency: p99 of single operations (ours / theirs).
+
+The 32 clients run in CLIENT_PROCESSES processes (16 asyncio clients each). In one process the
+load generator itself is the bottleneck: `langgraph_sdk` spends ~2 ms of CPU per operation, so
+that process keeps a core ~92% busy against either server and the figure measures the client,
+not the server (both sides tie by construction). Split over two, the machine's cores are what the
+sides compete for, and a server's CPU per operation decides. The one-process figures are still
+measured in the same run and recorded in the entry's params, with each side's CPU per operation
+(server process tree, PostgreSQL, clients).
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import multiprocessing.pool
 import os
 import shutil
 import socket
@@ -22,11 +32,14 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import psycopg
 from psycopg.rows import dict_row
 
+from bench import sql as bench_sql
 from bench.harness import Context, Entry, Measurement
 from memory.apikeys import create_key
 
@@ -53,6 +66,7 @@ ENTRIES = (THROUGHPUT, P99, THROUGHPUT_UNCACHED)
 NO_KEY_CACHE = "0"
 
 CLIENTS = 32
+CLIENT_PROCESSES = 2
 CONTENT = "the user prefers metric units, short answers and meetings on tuesdays; " * 3
 AGENT_SERVER = Path(__file__).resolve().parent.parent / "agent_server"
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -78,14 +92,56 @@ def _wait_for(url: str, child: subprocess.Popen, log: Path) -> None:
     raise RuntimeError(f"server did not answer {url} within {STARTUP_TIMEOUT_S}s")
 
 
+@dataclass(frozen=True)
+class Server:
+    url: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds so far of the server process and its children."""
+        return _cpu_seconds([psutil.Process(self.pid)] + psutil.Process(self.pid).children(recursive=True))
+
+
+def _cpu_seconds(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:  # gone meanwhile
+            continue
+        total += times.user + times.system
+    return total
+
+
+def postmaster(database_url: str) -> psutil.Process | None:
+    """The PostgreSQL server process behind `database_url`, or None when it is not on this machine
+    (or not readable) and its CPU cannot be counted."""
+    try:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            data_directory = conn.execute(bench_sql.BENCH_DATA_DIRECTORY).fetchone()[0]
+        return psutil.Process(int(Path(data_directory, "postmaster.pid").read_text().split()[0]))
+    except (psycopg.Error, OSError, ValueError, IndexError, psutil.Error):
+        return None
+
+
+def postgres_cpu_seconds(postgres: psutil.Process | None) -> float | None:
+    """CPU seconds so far of the PostgreSQL server (postmaster and backends), None if not countable."""
+    if postgres is None:
+        return None
+    try:
+        return _cpu_seconds([postgres] + postgres.children(recursive=True))
+    except psutil.Error:
+        return None
+
+
 @contextmanager
-def _process(args: list[str], cwd: Path, env: dict[str, str], probe: str) -> Iterator[None]:
+def _process(args: list[str], cwd: Path, env: dict[str, str], probe: str) -> Iterator[int]:
     log = Path(tempfile.mkstemp(prefix="bench-server-", suffix=".log")[1])
     with log.open("w") as out:
         child = subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         _wait_for(probe, child, log)
-        yield
+        yield child.pid
     finally:
         child.terminate()
         try:
@@ -103,7 +159,7 @@ def langgraph_cli() -> str | None:
 
 
 @contextmanager
-def agent_server(cli: str) -> Iterator[str]:
+def agent_server(cli: str) -> Iterator[Server]:
     """`langgraph dev` (in-memory) on a free loopback port, run from a copy of bench/agent_server/."""
     port = _free_port()
     workdir = Path(tempfile.mkdtemp(prefix="bench-agent-server-"))
@@ -112,21 +168,21 @@ def agent_server(cli: str) -> Iterator[str]:
             shutil.copy(AGENT_SERVER / name, workdir / name)
         env = {**os.environ, "LANGSMITH_TRACING": "false", "LANGCHAIN_TRACING_V2": "false", "LOG_LEVEL": "WARNING"}
         args = [cli, "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1", "--port", str(port)]
-        with _process(args, workdir, env, f"http://127.0.0.1:{port}/ok"):
-            yield f"http://127.0.0.1:{port}"
+        with _process(args, workdir, env, f"http://127.0.0.1:{port}/ok") as pid:
+            yield Server(f"http://127.0.0.1:{port}", pid)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextmanager
-def memory_server(database_url: str, key_cache_s: str | None = None) -> Iterator[str]:
+def memory_server(database_url: str, key_cache_s: str | None = None) -> Iterator[Server]:
     port = _free_port()
     env = {**os.environ, "MEMORY_DATABASE_URL": database_url}
     if key_cache_s is not None:
         env["MEMORY_API_KEY_CACHE_S"] = key_cache_s
     args = [sys.executable, "-m", "memory", "serve", "--no-jobs", "--host", "127.0.0.1", "--port", str(port)]
-    with _process(args, REPO, env, f"http://127.0.0.1:{port}/ready"):
-        yield f"http://127.0.0.1:{port}"
+    with _process(args, REPO, env, f"http://127.0.0.1:{port}/ready") as pid:
+        yield Server(f"http://127.0.0.1:{port}", pid)
 
 
 async def _client_loop(url: str, api_key: str | None, tenant: str, rounds: int, tag: str, latencies: list[float]) -> None:
@@ -152,9 +208,9 @@ async def _client_loop(url: str, api_key: str | None, tenant: str, rounds: int, 
         await client.aclose()
 
 
-def workload(url: str, keys: list[str | None], tenants: list[str], rounds: int, tag: str) -> tuple[float, float, list[float]]:
-    """Seconds for CLIENTS clients doing `rounds` rounds each, the client process's CPU seconds
-    meanwhile, and every operation's latency."""
+def clients(url: str, keys: list[str | None], tenants: list[str], rounds: int, tag: str) -> tuple[float, list[float]]:
+    """One client per tenant in this process, `rounds` rounds each: this process's CPU seconds
+    meanwhile and every operation's latency."""
     latencies: list[float] = []
 
     async def run() -> None:
@@ -162,13 +218,74 @@ def workload(url: str, keys: list[str | None], tenants: list[str], rounds: int, 
             _client_loop(url, key, tenant, rounds, tag, latencies) for key, tenant in zip(keys, tenants, strict=True)
         ))
 
-    start, cpu_start = time.perf_counter(), time.process_time()
+    cpu_start = time.process_time()
     asyncio.run(run())
-    return time.perf_counter() - start, time.process_time() - cpu_start, latencies
+    return time.process_time() - cpu_start, latencies
+
+
+def _clients(args: tuple[str, list[str | None], list[str], int, str]) -> tuple[float, list[float]]:
+    return clients(*args)
+
+
+@dataclass(frozen=True)
+class Run:
+    seconds: float
+    client_cpu_s: float
+    server_cpu_s: float
+    postgres_cpu_s: float | None
+    latencies: list[float]
+
+
+def workload(
+    server: Server,
+    postgres: psutil.Process | None,
+    keys: list[str | None],
+    tenants: list[str],
+    rounds: int,
+    tag: str,
+    pool: multiprocessing.pool.Pool | None,
+) -> Run:
+    """All clients doing `rounds` rounds each: in this process (`pool` None) or split evenly over
+    the pool's CLIENT_PROCESSES processes; wall seconds and each party's CPU seconds."""
+    server_start, postgres_start = server.cpu_seconds(), postgres_cpu_seconds(postgres)
+    start = time.perf_counter()
+    if pool is None:
+        parts = [clients(server.url, keys, tenants, rounds, tag)]
+    else:
+        shares = [(server.url, keys[i::CLIENT_PROCESSES], tenants[i::CLIENT_PROCESSES], rounds, tag) for i in range(CLIENT_PROCESSES)]
+        parts = pool.map(_clients, shares)
+    seconds = time.perf_counter() - start
+    postgres_end = postgres_cpu_seconds(postgres)
+    return Run(
+        seconds=seconds,
+        client_cpu_s=sum(cpu for cpu, _ in parts),
+        server_cpu_s=server.cpu_seconds() - server_start,
+        postgres_cpu_s=None if postgres_end is None or postgres_start is None else postgres_end - postgres_start,
+        latencies=[latency for _, latencies in parts for latency in latencies],
+    )
 
 
 def p99(latencies: list[float]) -> float:
     return statistics.quantiles(latencies, n=100)[98]
+
+
+def summary(label: str, runs: list[Run], operations: int, processes: int) -> dict[str, object]:
+    """A side's figures over its reps (medians), for the entry's params."""
+    median = statistics.median
+
+    def per_op_ms(values: list[float | None]) -> float | None:
+        return None if None in values else round(median(values) / operations * 1000, 3)  # type: ignore[type-var]
+
+    return {
+        f"{label}_ops_per_s": round(operations / median(run.seconds for run in runs), 1),
+        f"{label}_p99_ms": round(median(p99(run.latencies) for run in runs) * 1000, 2),
+        f"{label}_seconds_per_rep": [round(run.seconds, 2) for run in runs],
+        f"{label}_client_cpu_ms_per_op": per_op_ms([run.client_cpu_s for run in runs]),
+        f"{label}_server_cpu_ms_per_op": per_op_ms([run.server_cpu_s for run in runs]),
+        f"{label}_postgres_cpu_ms_per_op": per_op_ms([run.postgres_cpu_s for run in runs]),
+        # share of the wall time the client processes kept their cores busy (1.0: never waiting)
+        f"{label}_client_busy": round(median(run.client_cpu_s / (run.seconds * processes) for run in runs), 2),
+    }
 
 
 def run(ctx: Context, entries: list[Entry]) -> Iterator[Measurement]:
@@ -178,54 +295,57 @@ def run(ctx: Context, entries: list[Entry]) -> Iterator[Measurement]:
         return
     rounds = ctx.size(100, 10)
     tenants = [f"bench-{index:02d}" for index in range(CLIENTS)]
-    seconds: dict[str, list[float]] = {"ours": [], "uncached": [], "theirs": []}
-    p99s: dict[str, list[float]] = {"ours": [], "uncached": [], "theirs": []}
-    client_cpu: dict[str, list[float]] = {"ours": [], "uncached": [], "theirs": []}
-    with ctx.service("store_api") as svc:
+    runs: dict[str, list[Run]] = {label: [] for label in ("ours", "uncached", "theirs", "ours_one_process", "theirs_one_process")}
+    with (
+        ctx.service("store_api") as svc,
+        multiprocessing.get_context("spawn").Pool(CLIENT_PROCESSES) as pool,
+    ):
+        postgres = postmaster(svc.database_url)
         with psycopg.connect(svc.database_url, autocommit=True, row_factory=dict_row) as conn:
             keys: list[str | None] = [create_key(conn, tenant, name="bench")[1] for tenant in tenants]
+        no_keys: list[str | None] = [None] * CLIENTS
         with (
-            memory_server(svc.database_url) as ours_url,
-            memory_server(svc.database_url, NO_KEY_CACHE) as uncached_url,
-            agent_server(cli) as theirs_url,
+            memory_server(svc.database_url) as ours,
+            memory_server(svc.database_url, NO_KEY_CACHE) as uncached,
+            agent_server(cli) as theirs,
         ):
-            sides = [("ours", ours_url, keys), ("uncached", uncached_url, keys), ("theirs", theirs_url, [None] * CLIENTS)]
-            ctx.progress(f"timing store_api: {CLIENTS} clients x {rounds} rounds of put/get/search per side ...")
-            for _, url, side_keys in sides:
-                workload(url, side_keys, tenants, max(2, rounds // 5), "warm")
+            sides = [
+                ("ours", ours, keys, pool),
+                ("uncached", uncached, keys, pool),
+                ("theirs", theirs, no_keys, pool),
+                ("ours_one_process", ours, keys, None),
+                ("theirs_one_process", theirs, no_keys, None),
+            ]
+            ctx.progress(
+                f"timing store_api: {CLIENTS} clients x {rounds} rounds of put/get/search per side, "
+                f"in {CLIENT_PROCESSES} processes and in one ..."
+            )
+            for label, server, side_keys, side_pool in sides:
+                workload(server, postgres, side_keys, tenants, max(2, rounds // 5), "warm", side_pool)
             for rep in range(ctx.reps):
-                for side, url, side_keys in sides[rep % 3 :] + sides[: rep % 3]:  # who goes first rotates
-                    elapsed, cpu, latencies = workload(url, side_keys, tenants, rounds, f"r{rep}-{side}")
-                    seconds[side].append(elapsed)
-                    client_cpu[side].append(cpu)
-                    p99s[side].append(p99(latencies))
+                turn = rep % len(sides)  # who goes first rotates
+                for label, server, side_keys, side_pool in sides[turn:] + sides[:turn]:
+                    runs[label].append(workload(server, postgres, side_keys, tenants, rounds, f"r{rep}-{label}", side_pool))
     operations = CLIENTS * rounds * 3
-    median = {side: statistics.median(values) for side, values in seconds.items()}
-    median_p99 = {side: statistics.median(values) for side, values in p99s.items()}
-    params = {
+    params: dict[str, object] = {
         "clients": CLIENTS,
+        "client_processes": CLIENT_PROCESSES,
         "operations": operations,
         "reps": ctx.reps,
-        **{f"{side}_ops_per_s": round(operations / median[side], 1) for side in median},
-        **{f"{side}_p99_ms": round(median_p99[side] * 1000, 2) for side in median_p99},
-        **{f"{side}_seconds_per_rep": [round(value, 2) for value in values] for side, values in seconds.items()},
-        # The one client process is the pace-setter: CPU per operation it spends, and the share of
-        # the wall time it keeps a core busy (1.0 = never waiting on the server).
-        **{
-            f"{side}_client_cpu_ms_per_op": round(statistics.median(values) / operations * 1000, 3)
-            for side, values in client_cpu.items()
-        },
-        **{
-            f"{side}_client_busy": round(statistics.median(c / s for c, s in zip(client_cpu[side], seconds[side])), 2)
-            for side in seconds
-        },
+    }
+    for label, label_runs in runs.items():
+        params.update(summary(label, label_runs, operations, 1 if label.endswith("_one_process") else CLIENT_PROCESSES))
+    params.update({
         "ours": "memory serve --no-jobs (PostgreSQL, API keys, uvicorn httptools + uvloop), default key cache (LISTEN/NOTIFY)",
         "uncached": f"the same with [api] key_cache_s = {NO_KEY_CACHE}",
+        "one_process": "the same 32 clients in one process (client-bound: see client_busy); no target",
         "statistic": "median over reps of total seconds / of per-rep p99; the sides' order rotates",
-    }
+    })
+    seconds = {label: statistics.median(run.seconds for run in label_runs) for label, label_runs in runs.items()}
+    p99s = {label: statistics.median(p99(run.latencies) for run in label_runs) for label, label_runs in runs.items()}
     if THROUGHPUT in entries:
-        yield Measurement(THROUGHPUT, median["ours"], median["theirs"], params)
+        yield Measurement(THROUGHPUT, seconds["ours"], seconds["theirs"], params)
     if P99 in entries:
-        yield Measurement(P99, median_p99["ours"], median_p99["theirs"], params)
+        yield Measurement(P99, p99s["ours"], p99s["theirs"], params)
     if THROUGHPUT_UNCACHED in entries:
-        yield Measurement(THROUGHPUT_UNCACHED, median["uncached"], median["theirs"], params)
+        yield Measurement(THROUGHPUT_UNCACHED, seconds["uncached"], seconds["theirs"], params)
