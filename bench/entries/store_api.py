@@ -45,7 +45,7 @@ from memory.apikeys import create_key
 
 THROUGHPUT = Entry(
     "store_api_throughput",
-    "32 concurrent langgraph_sdk clients: put, get, search (ops/s ratio ours / theirs)",
+    "32 concurrent langgraph_sdk clients in 2 processes: put, get, search (ops/s ratio ours / theirs)",
     "langgraph dev (in-memory Agent Server)",
     ">= 1.0",
 )
@@ -99,7 +99,8 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """CPU seconds so far of the server process and its children."""
-        return _cpu_seconds([psutil.Process(self.pid)] + psutil.Process(self.pid).children(recursive=True))
+        process = psutil.Process(self.pid)
+        return _cpu_seconds([process, *process.children(recursive=True)])
 
 
 def _cpu_seconds(processes: list[psutil.Process]) -> float:
@@ -129,7 +130,7 @@ def postgres_cpu_seconds(postgres: psutil.Process | None) -> float | None:
     if postgres is None:
         return None
     try:
-        return _cpu_seconds([postgres] + postgres.children(recursive=True))
+        return _cpu_seconds([postgres, *postgres.children(recursive=True)])
     except psutil.Error:
         return None
 
