@@ -158,7 +158,7 @@ class PipelinedAsyncPostgresStore(PlainGets, TenantSearch, AsyncPostgresStore):
     a batch, a batch of one statement sent without pipeline mode, `batches_in_flight` batches at
     once, and each caller's answer its own."""
 
-    batches_in_flight = 1
+    batches_in_flight: int
     """Batches at the database at once (`[database] batches_in_flight`); operations arriving
     meanwhile gather into the next batch. One, as upstream: measured on two cores with 32 Store API
     clients, bigger batches (fewer transactions and round trips) cost server and PostgreSQL 13%

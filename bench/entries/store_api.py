@@ -99,13 +99,13 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """CPU seconds so far of the server process and its children."""
-        process = psutil.Process(self.pid)
-        return _cpu_seconds([process, *process.children(recursive=True)])
+        return tree_cpu_seconds(psutil.Process(self.pid))
 
 
-def _cpu_seconds(processes: list[psutil.Process]) -> float:
+def tree_cpu_seconds(root: psutil.Process) -> float:
+    """CPU seconds so far of `root` and its living descendants."""
     total = 0.0
-    for process in processes:
+    for process in [root, *root.children(recursive=True)]:
         try:
             times = process.cpu_times()
         except psutil.Error:  # gone meanwhile
@@ -130,7 +130,7 @@ def postgres_cpu_seconds(postgres: psutil.Process | None) -> float | None:
     if postgres is None:
         return None
     try:
-        return _cpu_seconds([postgres, *postgres.children(recursive=True)])
+        return tree_cpu_seconds(postgres)
     except psutil.Error:
         return None
 
@@ -224,13 +224,10 @@ def clients(url: str, keys: list[str | None], tenants: list[str], rounds: int, t
     return time.process_time() - cpu_start, latencies
 
 
-def _clients(args: tuple[str, list[str | None], list[str], int, str]) -> tuple[float, list[float]]:
-    return clients(*args)
-
-
 @dataclass(frozen=True)
 class Run:
     seconds: float
+    client_processes: int
     client_cpu_s: float
     server_cpu_s: float
     postgres_cpu_s: float | None
@@ -254,11 +251,12 @@ def workload(
         parts = [clients(server.url, keys, tenants, rounds, tag)]
     else:
         shares = [(server.url, keys[i::CLIENT_PROCESSES], tenants[i::CLIENT_PROCESSES], rounds, tag) for i in range(CLIENT_PROCESSES)]
-        parts = pool.map(_clients, shares)
+        parts = pool.starmap(clients, shares)
     seconds = time.perf_counter() - start
     postgres_end = postgres_cpu_seconds(postgres)
     return Run(
         seconds=seconds,
+        client_processes=len(parts),
         client_cpu_s=sum(cpu for cpu, _ in parts),
         server_cpu_s=server.cpu_seconds() - server_start,
         postgres_cpu_s=None if postgres_end is None or postgres_start is None else postgres_end - postgres_start,
@@ -270,22 +268,22 @@ def p99(latencies: list[float]) -> float:
     return statistics.quantiles(latencies, n=100)[98]
 
 
-def summary(label: str, runs: list[Run], operations: int, processes: int) -> dict[str, object]:
-    """A side's figures over its reps (medians), for the entry's params."""
+def summary(label: str, runs: list[Run], operations: int, seconds: float, p99_s: float) -> dict[str, object]:
+    """A side's figures over its reps (`seconds` and `p99_s`: the medians), for the entry's params."""
     median = statistics.median
 
     def per_op_ms(values: list[float | None]) -> float | None:
         return None if None in values else round(median(values) / operations * 1000, 3)  # type: ignore[type-var]
 
     return {
-        f"{label}_ops_per_s": round(operations / median(run.seconds for run in runs), 1),
-        f"{label}_p99_ms": round(median(p99(run.latencies) for run in runs) * 1000, 2),
+        f"{label}_ops_per_s": round(operations / seconds, 1),
+        f"{label}_p99_ms": round(p99_s * 1000, 2),
         f"{label}_seconds_per_rep": [round(run.seconds, 2) for run in runs],
         f"{label}_client_cpu_ms_per_op": per_op_ms([run.client_cpu_s for run in runs]),
         f"{label}_server_cpu_ms_per_op": per_op_ms([run.server_cpu_s for run in runs]),
         f"{label}_postgres_cpu_ms_per_op": per_op_ms([run.postgres_cpu_s for run in runs]),
         # share of the wall time the client processes kept their cores busy (1.0: never waiting)
-        f"{label}_client_busy": round(median(run.client_cpu_s / (run.seconds * processes) for run in runs), 2),
+        f"{label}_client_busy": round(median(run.client_cpu_s / (run.seconds * run.client_processes) for run in runs), 2),
     }
 
 
@@ -334,16 +332,16 @@ def run(ctx: Context, entries: list[Entry]) -> Iterator[Measurement]:
         "operations": operations,
         "reps": ctx.reps,
     }
+    seconds = {label: statistics.median(run.seconds for run in label_runs) for label, label_runs in runs.items()}
+    p99s = {label: statistics.median(p99(run.latencies) for run in label_runs) for label, label_runs in runs.items()}
     for label, label_runs in runs.items():
-        params.update(summary(label, label_runs, operations, 1 if label.endswith("_one_process") else CLIENT_PROCESSES))
+        params.update(summary(label, label_runs, operations, seconds[label], p99s[label]))
     params.update({
         "ours": "memory serve --no-jobs (PostgreSQL, API keys, uvicorn httptools + uvloop), default key cache (LISTEN/NOTIFY)",
         "uncached": f"the same with [api] key_cache_s = {NO_KEY_CACHE}",
         "one_process": "the same 32 clients in one process (client-bound: see client_busy); no target",
         "statistic": "median over reps of total seconds / of per-rep p99; the sides' order rotates",
     })
-    seconds = {label: statistics.median(run.seconds for run in label_runs) for label, label_runs in runs.items()}
-    p99s = {label: statistics.median(p99(run.latencies) for run in label_runs) for label, label_runs in runs.items()}
     if THROUGHPUT in entries:
         yield Measurement(THROUGHPUT, seconds["ours"], seconds["theirs"], params)
     if P99 in entries:
